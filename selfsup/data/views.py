@@ -1,0 +1,24 @@
+"""View recipes shared by methods: turn a uint8 batch into the network inputs a method needs."""
+
+from __future__ import annotations
+
+import torch
+
+from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment, normalize, resize
+
+
+def prepare(x: torch.Tensor) -> torch.Tensor:
+    """Normalise a float [0, 1] batch; channels_last on GPU, where convolutions are faster in it."""
+    x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def augmented_views(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
+                    n: int = 2) -> torch.Tensor:
+    """``n`` independently augmented views of every image, stacked as ``(n * B, 3, size, size)``."""
+    return prepare(torch.cat([augment(images, cfg, size, generator) for _ in range(n)]))
+
+
+def eval_view(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation transform: resize only, then normalise."""
+    return prepare(resize(images, size))

@@ -1,0 +1,1 @@
+"""Training machinery: the loop, optimisers and schedules, EMA, checkpoints, distributed helpers."""

@@ -1,0 +1,290 @@
+"""The training loop: one readable function from config to a trained, evaluated run folder.
+
+A run folder holds ``config.yaml`` (replayable with ``--config``), ``checkpoint.pt`` (written
+atomically at every epoch end), ``metrics.csv`` (one row per ``log_every`` steps), TensorBoard
+events in ``tb/``, ``loss.png``, ``embedding.png`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from selfsup.config import TrainConfig, config_from_dict, validate
+from selfsup.data.sources import Dataset, load_data
+from selfsup.engine.build import build_method, check_method_args
+from selfsup.engine.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from selfsup.engine.optim import build_optimizer, lr_at
+from selfsup.errors import TrainingDiverged, UserError
+from selfsup.evaluate import extract_features, knn, probe
+from selfsup.evaluate.features import autocast
+from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
+from selfsup.methods import Batch, Method, get_method
+
+RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
+CSV_FIELDS = ["step", "epoch", "loss", "lr", "samples_per_second", "elapsed_seconds", "knn_top1"]
+
+
+@dataclass
+class Run:
+    """A finished (or resumed and finished) pretraining run."""
+
+    out: Path
+    config: TrainConfig
+    method: Method
+    data: Dataset
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.method.backbone
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    name = Path(cfg.data.rstrip("/")).name or "data"
+    return Path("runs") / f"{cfg.method}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _holds_run(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
+
+
+def _schedule(cfg: TrainConfig, n_images: int) -> tuple[int, int]:
+    """(steps per epoch, total steps). Default budget: 100 epochs."""
+    if cfg.batch_size > n_images:
+        raise UserError(f"batch size {cfg.batch_size} is larger than the dataset ({n_images} images)")
+    per_epoch = n_images // cfg.batch_size
+    total = cfg.steps if cfg.steps is not None else per_epoch * (cfg.epochs or 100)
+    return per_epoch, total
+
+
+def _fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """Resolve every ``None`` into the value this run uses, so config.yaml replays it exactly."""
+    cls = get_method(cfg.method)
+    values = cfg.to_dict()
+    values["image_size"] = cfg.image_size or (16 if cfg.data == "digits" else data.native_size)
+    values["optimizer"] = cfg.optimizer or cls.optimizer
+    values["lr"] = cfg.lr if cfg.lr is not None else cls.base_lr * cfg.batch_size / 256
+    values["weight_decay"] = cfg.weight_decay if cfg.weight_decay is not None else cls.weight_decay
+    values["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in {**data.augment, **cfg.augment}.items()}
+    if cfg.steps is None and cfg.epochs is None:
+        values["epochs"] = 100
+    return config_from_dict(values)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = False,
+                resume: str | Path | None = None) -> tuple[TrainConfig, Path, dict | None]:
+    """Validate everything that can be checked before touching the disk."""
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if ckpt.get("finished"):
+            raise UserError(f"run '{resume}' already finished ({ckpt['step']} steps); nothing to resume")
+        cfg = config_from_dict(ckpt["config"])
+        out = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    validate(cfg)
+    check_method_args(get_method(cfg.method), cfg.method_args)
+    resolve_device(cfg.device)
+    out = Path(out) if out is not None else default_out(cfg)
+    if ckpt is None and _holds_run(out) and not overwrite:
+        raise UserError(f"output folder '{out}' holds another run; pass --overwrite or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path '{out}' is a file, not a folder")
+    return cfg, out, ckpt
+
+
+def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None,
+          backbone: nn.Module | None = None, evaluate: bool = True, show_progress: bool = True,
+          data: Dataset | None = None, stop_at: int | None = None) -> Run:
+    """Pretrain ``cfg.method`` and (if the data has labels) evaluate against random init.
+
+    ``stop_at`` ends the session after that many steps with a resumable checkpoint, as an
+    interruption would (time-boxed jobs; the resume tests).
+    """
+    cfg, out, ckpt = prepare_run(cfg, out, overwrite, resume)
+    device = resolve_device(cfg.device)
+    data = data or load_data(cfg.data, cfg.image_size, cfg.download)
+    cls = get_method(cfg.method)
+    if cls.needs_labels and not data.pretrain.labeled:
+        raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
+    cfg = _fill_defaults(cfg, data)
+    per_epoch, total = _schedule(cfg, len(data.pretrain))
+    if backbone is not None and not cfg.backbone.startswith("custom"):
+        cfg.backbone = f"custom:{type(backbone).__name__}"
+    method = build_method(cfg, cfg.image_size, data.num_classes, backbone).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
+                                fused=device.type == "cuda" and cfg.optimizer == "sgd")
+    warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
+
+    # --- the run folder: only now, after every check, is anything written
+    if ckpt is None and out.exists() and overwrite:
+        for f in RUN_FILES + ("tb", "loss.png", "embedding.png"):
+            p = out / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    start, baseline = 0, {}
+    if ckpt is not None:
+        method.load_state_dict(ckpt["state"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, baseline = ckpt["step"], ckpt["baseline"]
+    elif evaluate and data.evaluable:  # the lower bound: this very backbone before any training
+        scores = probe(method.backbone, data.train, data.test, cfg.image_size, device)
+        baseline = {f"random_init_{k}": v for k, v in scores.items()}
+    images = data.pretrain.images.to(device) if device.type == "cuda" else data.pretrain.images
+    labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None else None
+    ckpt_path = out / FILENAME
+    logger = StepLogger(out, start, total, cfg, show_progress, ckpt["train_seconds"] if ckpt else 0.0)
+
+    def checkpoint(step: int, finished: bool) -> None:
+        save_checkpoint(ckpt_path, dict(
+            config=cfg.to_dict(), step=step, epoch=step // per_epoch, finished=finished,
+            state=method.state_dict(), optimizer=optimizer.state_dict(), baseline=baseline,
+            train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes))
+
+    order = None
+    method.train()
+    last = total if stop_at is None else min(total, stop_at)
+    for step in range(start, last):
+        epoch, pos = divmod(step, per_epoch)
+        if order is None or pos == 0:
+            order = _epoch_order(len(images), cfg.seed, epoch)
+        idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size].to(device, non_blocking=True)
+        batch = Batch(images=images[idx].to(device, non_blocking=True),
+                      labels=None if labels is None else labels[idx], indices=idx,
+                      generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), progress=step / total)
+        lr = lr_at(step, total, cfg.lr, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device):
+            loss = method.training_step(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step((step + 1) / total)
+        epoch_end = pos == per_epoch - 1 or step + 1 == last
+        if logger.add(loss.detach(), flush=epoch_end):
+            monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
+            score = knn(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device) \
+                if monitor else None
+            logger.write(step + 1, epoch, lr, score)
+            if not math.isfinite(logger.last_loss):
+                logger.close()
+                kept = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
+                raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
+        if epoch_end:
+            checkpoint(step + 1, finished=step + 1 == total)
+    logger.close()
+    if last < total:  # stopped early on request: resumable, not evaluated
+        return Run(out, cfg, method, data, dict(steps=last))
+    metrics: dict[str, Any] = dict(method=cfg.method, backbone=cfg.backbone, data=cfg.data, steps=total,
+                                   epochs=round(total / per_epoch, 2), batch_size=cfg.batch_size,
+                                   image_size=cfg.image_size, train_seconds=round(logger.train_seconds, 2),
+                                   samples_per_second=round(total * cfg.batch_size / logger.train_seconds, 1),
+                                   device=str(device), **baseline)
+    if evaluate and data.evaluable:
+        metrics.update(probe(method.backbone, data.train, data.test, cfg.image_size, device))
+        test_feats = extract_features(method.backbone, data.test.images, cfg.image_size, device=device)
+        plot_embedding(test_feats, data.test.labels, out / "embedding.png", data.test.classes,
+                       title=f"{cfg.method} {cfg.backbone}: test embeddings (t-SNE)")
+    plot_loss(out / "metrics.csv", out / "loss.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return Run(out, cfg, method, data, metrics)
+
+
+class StepLogger:
+    """metrics.csv rows, TensorBoard scalars and the progress bar, one host sync per ``log_every`` steps."""
+
+    def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool,
+                 train_seconds: float = 0.0) -> None:
+        _trim_csv(out / "metrics.csv", start)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=start or None)
+        self.file = open(out / "metrics.csv", "a", newline="")
+        self.csv = csv.DictWriter(self.file, CSV_FIELDS)
+        if start == 0:
+            self.csv.writeheader()
+        self.bar = tqdm(total=total, initial=start, disable=not show_progress, unit="step", dynamic_ncols=True,
+                        desc=cfg.method, mininterval=1.0)
+        self.batch_size, self.every = cfg.batch_size, cfg.log_every
+        self.train_seconds = self.logged_seconds = train_seconds
+        self.last_loss, self.window_loss, self.window_steps, self.window_start = 0.0, 0.0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, flush: bool) -> bool:
+        """Accumulate one step's loss (on the device); True when a row is due (window full or ``flush``)."""
+        self.window_loss = loss + self.window_loss
+        self.window_steps += 1
+        if self.window_steps < self.every and not flush:
+            return False
+        self.train_seconds += time.perf_counter() - self.window_start
+        return True
+
+    def write(self, step: int, epoch: int, lr: float, knn_top1: float | None = None) -> None:
+        """Write the window's row: the one host sync per window happens here."""
+        self.last_loss = float(self.window_loss) / self.window_steps
+        row = dict(step=step, epoch=epoch, loss=round(self.last_loss, 6), lr=lr,
+                   samples_per_second=round(self.window_steps * self.batch_size / max(
+                       self.train_seconds - self.logged_seconds, 1e-9), 1),
+                   elapsed_seconds=round(self.train_seconds, 2),
+                   knn_top1="" if knn_top1 is None else round(knn_top1, 4))
+        self.csv.writerow(row)
+        self.file.flush()
+        self.writer.add_scalar("loss", self.last_loss, step)
+        self.writer.add_scalar("lr", lr, step)
+        if knn_top1 is not None:
+            self.writer.add_scalar("knn_top1", knn_top1, step)
+            self.bar.write(f"step {step}: kNN top-1 {knn_top1 * 100:.1f}%")
+        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", samples_s=f"{row['samples_per_second']:.0f}")
+        self.bar.update(self.window_steps)
+        self.window_loss, self.window_steps, self.logged_seconds = 0.0, 0, self.train_seconds
+        self.window_start = time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.file.close()
+
+
+def _trim_csv(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we resume from."""
+    if step == 0 or not path.exists():
+        return
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """The table `selfsup train` prints: trained backbone next to its random init."""
+    rows = [[f"{metrics['method']} ({metrics['steps']} steps)", metrics["knn_top1"], metrics["linear_top1"]],
+            ["random init", metrics["random_init_knn_top1"], metrics["random_init_linear_top1"]]]
+    return format_table([f"{metrics['backbone']} on {metrics['data']}", "kNN top-1 %", "linear top-1 %"], rows)

@@ -1,0 +1,54 @@
+"""Frozen-feature extraction with the evaluation transform (resize, normalise)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones import stage_outputs
+from selfsup.data.views import eval_view
+
+#: per-layer probes pool each stage's map to at most this many values per image
+MAX_STAGE_DIM = 8192
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def pool_stage(fmap: torch.Tensor) -> torch.Tensor:
+    """Average-pool a (B, C, H, W) map to s x s with C * s * s <= MAX_STAGE_DIM, flattened."""
+    if fmap.dim() == 2:
+        return fmap
+    c, h = fmap.shape[1], fmap.shape[2]
+    s = max(1, min(h, int((MAX_STAGE_DIM / c) ** 0.5)))
+    return F.adaptive_avg_pool2d(fmap, s).flatten(1)
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int, batch_size: int = 512,
+                     device: torch.device | str | None = None, stages: bool = False):
+    """Backbone features ``(N, D)`` as float32 on the CPU (or a list, one per stage, if ``stages``).
+
+    The backbone runs in eval mode (BN uses running statistics) and is put back as it was.
+    """
+    device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    out: list[list[torch.Tensor]] = []
+    try:
+        for start in range(0, len(images), batch_size):
+            x = eval_view(images[start : start + batch_size].to(device, non_blocking=True), image_size)
+            with autocast(device):
+                feats = [pool_stage(f) for f in stage_outputs(backbone, x)] if stages else [backbone(x)]
+            out.append([f.float().cpu() for f in feats])
+    finally:
+        backbone.train(was_training)
+    cols = [torch.cat(parts) for parts in zip(*out)]
+    return cols if stages else cols[0]

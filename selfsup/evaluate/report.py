@@ -1,0 +1,73 @@
+"""Result tables (plain text / Markdown) and the plots a run folder gets."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+
+def format_table(header: list[str], rows: list[list], markdown: bool = False) -> str:
+    """Align rows under a header; floats print as percentages with one decimal."""
+    cells = [[f"{v * 100:.1f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in cells])
+
+
+def plot_loss(metrics_csv: Path, out: Path) -> None:
+    """Training loss (and learning rate) against step, from metrics.csv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [float(r["loss"]) for r in rows], label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.5, label="lr")
+    lr_ax.set_ylabel("learning rate")
+    ax.set_title(out.parent.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_embedding(features: torch.Tensor, labels: torch.Tensor, out: Path, classes: list[str] | None = None,
+                   max_points: int = 2000, title: str = "test embeddings (t-SNE)") -> None:
+    """A 2-D t-SNE map of (a subsample of) the features, coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(features), generator=g)[:max_points]
+    feats = torch.nn.functional.normalize(features[idx].float(), dim=1).numpy()
+    xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, len(idx) / 4), random_state=0).fit_transform(feats)
+    lab = labels[idx].numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=lab, cmap="tab10" if lab.max() < 10 else "tab20", s=6)
+    n = int(lab.max()) + 1
+    if n <= 20:
+        names = classes if classes and len(classes) >= n else [str(i) for i in range(n)]
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=names[i]) for i in range(n)]
+        ax.legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

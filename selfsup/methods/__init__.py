@@ -1,0 +1,22 @@
+"""Method registry: one file per method, each composing views, heads and a loss."""
+
+from __future__ import annotations
+
+from selfsup.errors import UserError
+from selfsup.methods.base import Batch, Method
+from selfsup.methods.byol import BYOL
+from selfsup.methods.rotnet import RotNet
+from selfsup.methods.simclr import SimCLR
+from selfsup.methods.supervised import Supervised
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, RotNet, Supervised)}
+
+__all__ = ["METHODS", "Batch", "Method", "get_method"]
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}") from None

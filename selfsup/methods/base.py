@@ -1,0 +1,57 @@
+"""The method protocol: views, backbone, heads, objective, dynamics (docs/methods.md).
+
+A method is an ``nn.Module`` that owns the backbone and its heads. The engine hands it a
+:class:`Batch` of uint8 images already on the device; the method makes its views with the batched
+ops of :mod:`selfsup.data.augment`, runs backbone and heads, and returns its loss from a pure
+function of :mod:`selfsup.losses`. ``after_step`` holds the dynamics (EMA targets, queues, banks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from selfsup.data.augment import AugmentConfig
+
+
+@dataclass
+class Batch:
+    """One training batch: uint8 images on the device and what the engine knows about them."""
+
+    images: torch.Tensor  # (B, 3, H, W) uint8
+    labels: torch.Tensor | None  # (B,) int64, or None for unlabeled data
+    indices: torch.Tensor  # (B,) positions in the training set (for memory banks)
+    generator: torch.Generator  # seeds this step's augmentation (same step -> same views)
+    progress: float  # fraction of training done, in [0, 1)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes and implement ``training_step``."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]
+    needs_labels: ClassVar[bool] = False
+    #: defaults the engine uses unless the user overrides them; lr = base_lr * batch_size / 256
+    base_lr: ClassVar[float] = 0.12
+    weight_decay: ClassVar[float] = 5e-4
+    optimizer: ClassVar[str] = "sgd"
+
+    def __init__(self, backbone: nn.Module, feat_dim: int, image_size: int, aug: AugmentConfig | None = None,
+                 num_classes: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feat_dim = feat_dim
+        self.image_size = image_size
+        self.aug = aug or AugmentConfig()
+        self.num_classes = num_classes
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        """Return the scalar loss for one batch."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """Update non-gradient state after the optimiser step (``progress`` in [0, 1])."""

@@ -1,0 +1,33 @@
+"""RotNet: predict which of 0/90/180/270 degrees an image was rotated by (Gidaris et al., ICLR 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.data.augment import AugmentConfig, augment
+from selfsup.data.views import prepare
+from selfsup.methods.base import Batch, Method
+
+
+def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four rotations of every image in one batch, (4B, C, H, W), with labels 0..3 (k * 90 degrees)."""
+    rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return rotated, labels
+
+
+class RotNet(Method):
+    name = "rotnet"
+    paper = "Gidaris, Singh, Komodakis, Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # the paper trains on the rotated images with only light augmentation (crops and flips)
+        self.aug = AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0, gray_p=0.0)
+        self.classifier = nn.Linear(self.feat_dim, 4)
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        x, target = rotations(augment(batch.images, self.aug, self.image_size, batch.generator))
+        return F.cross_entropy(self.classifier(self.backbone(prepare(x))).float(), target)

@@ -1,0 +1,26 @@
+"""SimCLR: two augmented views, projection MLP, NT-Xent (Chen et al., ICML 2020)."""
+
+from __future__ import annotations
+
+import torch
+
+from selfsup.data.views import augmented_views
+from selfsup.heads import MLP
+from selfsup.losses import nt_xent
+from selfsup.methods.base import Batch, Method
+
+
+class SimCLR(Method):
+    name = "simclr"
+    paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"
+
+    def __init__(self, *args, temperature: float = 0.5, proj_hidden_dim: int = 512, proj_dim: int = 128,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.temperature = temperature
+        self.projector = MLP(self.feat_dim, proj_hidden_dim, proj_dim)
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        x = augmented_views(batch.images, self.aug, self.image_size, batch.generator)
+        z1, z2 = self.projector(self.backbone(x)).chunk(2)
+        return nt_xent(z1, z2, self.temperature)

@@ -1,0 +1,24 @@
+"""Supervised cross-entropy on labels: the upper bound row of every results table."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.data.views import augmented_views
+from selfsup.methods.base import Batch, Method
+
+
+class Supervised(Method):
+    name = "supervised"
+    paper = "supervised baseline (cross-entropy on the labels, same backbone and budget)"
+    needs_labels = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.classifier = nn.Linear(self.feat_dim, self.num_classes)
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)
+        return F.cross_entropy(self.classifier(self.backbone(x)).float(), batch.labels)

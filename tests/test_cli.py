@@ -1,0 +1,133 @@
+"""Bad input gets one clear line on stderr, exit code 2, no traceback, and nothing overwritten."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from selfsup.cli import main
+from tests.helpers import class_folder, write_images
+
+QUICK = ["--steps", "2", "--batch-size", "8", "--quiet", "--no-eval"]
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def assert_one_line_error(capsys, args, fragment):
+    code, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert fragment in err, err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--method", "nope"], "unknown method 'nope'"),
+    (["train", "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
+    (["train", "--data", "imagenet21k"], "unknown dataset 'imagenet21k'"),
+    (["train", "--steps", "0"], "--steps must be a positive integer"),
+    (["train", "--epochs", "-3"], "--epochs must be a positive integer"),
+    (["train", "--lr", "0"], "--lr must be positive"),
+    (["train", "--lr", "-1"], "--lr must be positive"),
+    (["train", "--batch-size", "5000", "--steps", "1"], "larger than the dataset (1347 images)"),
+    (["train", "--not-a-flag"], "unrecognized arguments"),
+    (["train", "--steps", "1", "--epochs", "1"], "not allowed with argument"),
+])
+def test_bad_train_arguments(capsys, tmp_path, args, fragment):
+    assert_one_line_error(capsys, args + ["--out", str(tmp_path / "run")], fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_empty_and_imageless_folders(capsys, tmp_path):
+    assert_one_line_error(capsys, ["train", "--data", str(tmp_path / "absent")], "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(capsys, ["train", "--data", str(tmp_path / "empty")], "no images found")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "notes.txt").write_text("hello")
+    assert_one_line_error(capsys, ["train", "--data", str(tmp_path / "text")], "no images found")
+
+
+def test_corrupt_images_are_skipped_counted_and_reported_once(capsys, tmp_path):
+    root = class_folder(tmp_path / "data", classes=2, per_class=8)
+    (root / "class0" / "broken.png").write_bytes(b"not a png at all")
+    good = write_images(tmp_path / "tmp", 1)[0].read_bytes()
+    (root / "class1" / "truncated.png").write_bytes(good[: len(good) // 2])
+    code, err = run_cli(capsys, "train", "--data", str(root), "--out", str(tmp_path / "run"), *QUICK)
+    assert code == 0, err
+    assert err.count("skipped 2 unreadable image(s)") == 1
+
+
+def test_unknown_config_key_is_named(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: simclr\nbatchsize: 12\n")
+    assert_one_line_error(capsys, ["train", "--config", str(cfg)], "unknown key batchsize")
+
+
+def test_config_of_a_run_replays_it(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", "--out", str(tmp_path / "a"), "--image-size", "8", *QUICK)
+    assert code == 0, err
+    code, err = run_cli(capsys, "train", "--config", str(tmp_path / "a" / "config.yaml"), "--out",
+                        str(tmp_path / "b"), "--quiet", "--no-eval")
+    assert code == 0, err
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["config"] == b["config"]
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def test_output_folder_with_a_run_is_refused_and_untouched(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(out), "--image-size", "8", *QUICK)[0] == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert_one_line_error(capsys, ["train", "--out", str(out), *QUICK], "holds another run")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert run_cli(capsys, "train", "--out", str(out), "--overwrite", "--image-size", "8", "--seed", "1", *QUICK)[0] == 0
+    assert (out / "checkpoint.pt").read_bytes() != before
+
+
+def test_resume_of_a_finished_run_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", str(out), "--image-size", "8", *QUICK)[0] == 0
+    assert_one_line_error(capsys, ["train", "--resume", str(out)], "already finished")
+
+
+def test_checkpoint_that_is_not_ours(capsys, tmp_path):
+    foreign = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    assert_one_line_error(capsys, ["eval", "knn", "--checkpoint", str(foreign), "--data", "digits"],
+                          "is not a selfsup checkpoint")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01garbage")
+    assert_one_line_error(capsys, ["eval", "linear", "--checkpoint", str(garbage), "--data", "digits"],
+                          "is not a selfsup checkpoint")
+    assert_one_line_error(capsys, ["train", "--resume", str(foreign)], "is not a selfsup checkpoint")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu(capsys, tmp_path):
+    assert_one_line_error(capsys, ["train", "--device", "cuda", "--out", str(tmp_path / "r")], "no CUDA GPU")
+
+
+def test_supervised_needs_labels(capsys, tmp_path):
+    flat = tmp_path / "flat"
+    write_images(flat, 10)
+    assert_one_line_error(capsys, ["train", "--method", "supervised", "--data", str(flat), *QUICK], "needs labels")
+
+
+def test_methods_lists_every_method_with_its_paper(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simclr", "byol", "rotnet", "supervised"):
+        assert name in out
+    assert "ICML 2020" in out and "NeurIPS 2020" in out
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "selfsup", "train", "--method", "nope"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "selfsup: error: unknown method 'nope'; choose one of: simclr, byol, rotnet, supervised"
