@@ -85,7 +85,8 @@ def test_output_folder_with_a_run_is_refused_and_untouched(capsys, tmp_path):
     before = (out / "checkpoint.pt").read_bytes()
     assert_one_line_error(capsys, ["train", "--out", str(out), *QUICK], "holds another run")
     assert (out / "checkpoint.pt").read_bytes() == before
-    assert run_cli(capsys, "train", "--out", str(out), "--overwrite", "--image-size", "8", "--seed", "1", *QUICK)[0] == 0
+    again = ["train", "--out", str(out), "--overwrite", "--image-size", "8", "--seed", "1", *QUICK]
+    assert run_cli(capsys, *again)[0] == 0
     assert (out / "checkpoint.pt").read_bytes() != before
 
 
@@ -130,4 +131,5 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "selfsup", "train", "--method", "nope"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "selfsup: error: unknown method 'nope'; choose one of: simclr, byol, rotnet, supervised"
+    assert proc.stderr.strip() == ("selfsup: error: unknown method 'nope'; "
+                                   "choose one of: simclr, byol, rotnet, supervised")

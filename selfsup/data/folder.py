@@ -79,7 +79,7 @@ def decode_files(files: list[Path], size: int, desc: str) -> tuple[torch.Tensor,
             return torch.from_numpy(z["images"]), kept, skipped
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         arrays = list(tqdm(pool.map(lambda p: _decode(p, size), files), total=len(files), desc=desc,
-                           unit="img", leave=False, disable=len(files) < 2000))
+                           unit="img", leave=False, mininterval=1.0, disable=len(files) < 2000))
     kept = [i for i, a in enumerate(arrays) if a is not None]
     skipped = [str(files[i]) for i, a in enumerate(arrays) if a is None]
     images = np.stack([arrays[i] for i in kept]).transpose(0, 3, 1, 2) if kept else np.zeros((0, 3, size, size),
