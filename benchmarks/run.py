@@ -188,6 +188,8 @@ def write_table(_: argparse.Namespace | None = None) -> None:
                      f"**{sp['ratio']}x** lightly.  Two-view augmentation on one thread: ours "
                      f"{au['ours_views_per_second']} views/s vs lightly's per-image transform "
                      f"{au['lightly_views_per_second']} views/s: **{au['ratio']}x**.\n")
+        if r.get("notes"):
+            parts.append(f"Note: {r['notes']}\n")
     gpu = RESULTS / "gpu_simclr.json"
     if gpu.exists():
         r = json.loads(gpu.read_text())

@@ -9,8 +9,9 @@ from selfsup.data import load_data
 from selfsup.engine.build import method_from_checkpoint
 from selfsup.engine.trainer import Run, train
 from selfsup.methods import METHODS
+from selfsup.use.embed import embed
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "Run", "TrainConfig", "build_backbone", "evaluate", "load_data", "method_from_checkpoint",
-           "pretrain", "train"]
+__all__ = ["METHODS", "Run", "TrainConfig", "build_backbone", "embed", "evaluate", "load_data",
+           "method_from_checkpoint", "pretrain", "train"]

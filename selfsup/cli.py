@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: train, eval, methods.
+"""The ``selfsup`` command: train, eval, methods, and embed, export, retrieve with a trained encoder.
 
 Bad input ends with one line on stderr and exit code 2; a diverged run with exit code 3.
 """
@@ -6,10 +6,16 @@ Bad input ends with one line on stderr and exit code 2; a diverged run with exit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selfsup.errors import TrainingDiverged, UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +36,8 @@ def _train_parser(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="training length in epochs (default 100)")
     g.add_argument("--steps", type=int, help="training length in optimiser steps")
-    a("--batch-size", type=int, help="global batch size: images per step, each with all its views (default 256)")
+    a("--batch-size", type=int, help="global batch size: images per optimiser step over all processes, each with "
+                                     "all its views (default 256); under torchrun every process takes 1/N of it")
     a("--lr", type=float, help="peak learning rate (default: the method's base lr x batch/256)")
     a("--weight-decay", type=float, help="weight decay (default: the method's)")
     a("--optimizer", help="sgd | lars (default: the method's)")
@@ -44,6 +51,7 @@ def _train_parser(sub) -> None:
     a("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     a("--download", action="store_true", help="allow torchvision datasets to be downloaded")
     a("--no-eval", action="store_true", help="skip the kNN / linear evaluation at the start and the end")
+    a("--no-sync-bn", action="store_true", help="under torchrun: keep per-process batch norm (default: global BN)")
     a("--quiet", action="store_true", help="no progress bar")
 
 
@@ -60,8 +68,58 @@ def _eval_parser(sub) -> None:
     p.add_argument("--download", action="store_true", help="allow torchvision datasets to be downloaded")
 
 
+def _positive(value: str) -> int:
+    """argparse type: a positive integer."""
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {value})")
+    return int(value)
+
+
+def _checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of a trained backbone")
+
+
+def _compute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: the GPU when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _use_parsers(sub) -> None:
+    p = sub.add_parser("embed", help="write one embedding per image of a folder (.pt, .npy or .csv)",
+                       description="Embed every image of a folder (any layout) with a trained backbone. The "
+                                   "extension of --out picks the format: .pt (tensor + file list), .npy (with "
+                                   "OUT.paths.txt beside it) or .csv (path, label when the images sit in class "
+                                   "folders, values). Unreadable files are listed and skipped.")
+    _checkpoint_arg(p)
+    p.add_argument("--data", required=True, help="folder of images (any layout), or one image")
+    p.add_argument("--out", required=True, help="output file: .pt, .npy or .csv")
+    _compute_args(p)
+    p = sub.add_parser("export", help="save the backbone alone, loadable without selfsup (torchvision, timm, onnx)",
+                       description="Save the trained backbone so that code without selfsup can load it: a state "
+                                   "dict for torchvision.models.resnet18/50 or the timm model (ResNet backbones), "
+                                   "or an ONNX graph (every backbone). Prints the lines that load it.")
+    _checkpoint_arg(p)
+    p.add_argument("--format", required=True, choices=["torchvision", "timm", "onnx"],
+                   help="torchvision | timm: ResNet state dict; onnx: graph images -> features (needs "
+                        "pip install \"selfsup[export]\")")
+    p.add_argument("--out", required=True, help="output file, e.g. backbone.pt or backbone.onnx")
+    p = sub.add_parser("retrieve", help="nearest neighbours of query images, as a picture grid and a CSV",
+                       description="Find the --k nearest images of --data for every query, by cosine similarity "
+                                   "of backbone features (exact search; faiss when installed and --data holds "
+                                   "more than 200k images). Writes a grid (query in the first column) and a CSV "
+                                   "beside it: query, rank, neighbour, similarity.")
+    _checkpoint_arg(p)
+    p.add_argument("--data", required=True, help="folder of images to search (any layout)")
+    p.add_argument("--query", required=True, help="one image, or a folder of query images")
+    p.add_argument("--k", type=_positive, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--out", required=True, help="the grid: .png, .jpg, .pdf or .svg; the CSV gets its name with .csv")
+    _compute_args(p)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from selfsup.config import TrainConfig, config_from_dict, load_config
+    from selfsup.engine.distributed import is_main_process
     from selfsup.engine.trainer import results_table, train
 
     values = TrainConfig().to_dict()
@@ -75,9 +133,12 @@ def _run_train(args: argparse.Namespace) -> int:
             if key in ("epochs", "steps"):  # the other one of the pair no longer applies
                 values["steps" if key == "epochs" else "epochs"] = None
     values["download"] = values["download"] or args.download
+    values["sync_bn"] = values["sync_bn"] and not args.no_sync_bn
     cfg = config_from_dict(values)
     run = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval,
                 show_progress=not args.quiet)
+    if not is_main_process():
+        return 0
     m = run.metrics
     print(f"\n{m['steps']} steps in {m['train_seconds']:.0f} s ({m['samples_per_second']:.0f} samples/s) "
           f"on {m['device']}; run folder: {run.out}")
@@ -130,13 +191,69 @@ def _run_methods(_: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone(checkpoint: str, device: str) -> tuple[nn.Module, int, torch.device]:
+    """The trained backbone of a run folder or checkpoint, on ``device``, and the image size it was trained at."""
+    from selfsup.engine.build import method_from_checkpoint
+    from selfsup.engine.trainer import resolve_device
+
+    dev = resolve_device(device)
+    method, ckpt = method_from_checkpoint(checkpoint)
+    return method.backbone.to(dev), ckpt["image_size"], dev
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from selfsup.data.folder import load_images
+    from selfsup.use import output_file
+    from selfsup.use.embed import FORMATS, embed, save_embeddings
+
+    out = output_file(args.out, FORMATS)
+    backbone, size, device = _backbone(args.checkpoint, args.device)
+    images = load_images(args.data, size)
+    feats, paths = embed(backbone, images, size, args.batch_size, device, show_progress=not args.quiet)
+    labels = [images.classes[i] for i in images.labels.tolist()] if images.labeled else None
+    written = save_embeddings(feats, paths, out, labels)
+    print(f"{len(paths)} embeddings of size {feats.shape[1]}: {', '.join(map(str, written))}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from selfsup.use import output_file
+    from selfsup.use.export import export
+
+    out = output_file(args.out)
+    backbone, size, _ = _backbone(args.checkpoint, "cpu")
+    print(export(backbone, args.format, out, size))
+    return 0
+
+
+def _run_retrieve(args: argparse.Namespace) -> int:
+    from selfsup.use import output_file
+    from selfsup.use.retrieve import GRID_SUFFIXES, plot_neighbours, retrieve, write_neighbours_csv
+
+    grid = output_file(args.out, GRID_SUFFIXES)
+    table = output_file(grid.with_suffix(".csv"))
+    backbone, size, device = _backbone(args.checkpoint, args.device)
+    nb = retrieve(backbone, args.data, args.query, args.k, size, args.batch_size, device, not args.quiet)
+    plot_neighbours(nb, grid, title=f"{Path(args.checkpoint).name}: nearest neighbours in {Path(args.data).name}")
+    write_neighbours_csv(nb, table)
+    print(f"{len(nb.queries)} queries x {nb.positions.shape[1]} neighbours: {grid}, {table}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="selfsup", description="Self-supervised visual representation learning.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
     _eval_parser(sub)
+    _use_parsers(sub)
     sub.add_parser("methods", help="list the methods (with their papers) and backbones")
     return parser
+
+
+def _say(message: str) -> None:
+    """Errors are printed once, by rank 0 of a torchrun job (or the only process)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,13 +263,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"train": _run_train, "eval": _run_eval, "methods": _run_methods}[args.command](args)
+        return {"train": _run_train, "eval": _run_eval, "methods": _run_methods, "embed": _run_embed,
+                "export": _run_export, "retrieve": _run_retrieve}[args.command](args)
     except UserError as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
+        _say(f"selfsup: error: {e}")
         return 2
     except TrainingDiverged as e:
-        print(f"selfsup: error: {e}", file=sys.stderr)
+        _say(f"selfsup: error: {e}")
         return 3
     except KeyboardInterrupt:
-        print("selfsup: interrupted; resume with --resume RUN_FOLDER", file=sys.stderr)
+        _say("selfsup: interrupted; resume with --resume RUN_FOLDER")
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

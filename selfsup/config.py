@@ -33,7 +33,7 @@ class TrainConfig:
     knn_every: int = 0  # run the kNN monitor every N epochs (0: off)
     log_every: int = 10  # steps between loss syncs / log rows
     download: bool = False
-    compile: bool = False
+    sync_bn: bool = True  # under DDP: batch norm over the global batch
     method_args: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
 

@@ -8,17 +8,19 @@ from torch import nn
 class MLP(nn.Sequential):
     """``num_layers`` linear layers with BN + ReLU between them (SimCLR/BYOL projector, BYOL predictor).
 
-    ``last_bn`` adds an affine-free BatchNorm on the output (used by Barlow Twins and SimCLR v2 style heads).
+    ``last_bn`` adds an affine-free BatchNorm on the output (used by Barlow Twins and SimCLR v2 style heads);
+    ``hidden_bn=False`` drops the hidden BatchNorms (MoCo v2's head is linear-ReLU-linear).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False,
+                 hidden_bn: bool = True):
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == num_layers - 1
-            layers.append(nn.Linear(a, b, bias=last and not last_bn))
+            layers.append(nn.Linear(a, b, bias=not last_bn if last else not hidden_bn))
             if not last:
-                layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+                layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)] if hidden_bn else [nn.ReLU(inplace=True)]
         if last_bn:
             layers.append(nn.BatchNorm1d(out_dim, affine=False))
         super().__init__(*layers)

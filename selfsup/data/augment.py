@@ -277,6 +277,10 @@ class ColorJitterParams:
         """The four factor tensors, indexed like the op ids in ``order``."""
         return self.brightness, self.contrast, self.saturation, self.hue
 
+    def take(self, rows: slice) -> ColorJitterParams:
+        """The parameters of a slice of the batch."""
+        return ColorJitterParams(*(t[rows] for t in (*self.factors(), self.order)))
+
 
 def sample_color_jitter(batch: int, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
                         hue: float = 0.1, generator: torch.Generator | None = None,
@@ -370,28 +374,34 @@ class AugmentConfig:
         return max(3, 2 * round((self.blur_kernel_frac * size - 1) / 2) + 1)
 
 
-def augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator) -> Tensor:
+def augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
+            shard: tuple[int, int] = (0, 1)) -> Tensor:
     """One random view of every image: RRC -> flip -> colour jitter -> grayscale -> blur -> solarize.
 
     ``images`` is a uint8 (or float [0, 1]) batch ``(B, 3, H, W)``; returns float ``(B, 3, size, size)`` in
     [0, 1] on the same device. Parameters are drawn from ``generator``, on its own device (a CPU generator
     with a CUDA batch works: the parameters are moved over); ops whose probability is 0 draw nothing.
+
+    ``shard=(rank, world)``: the parameters are drawn for the global batch of ``world * B`` images and
+    this rank keeps its slice, so N processes augment every sample exactly as one process would.
     """
     batch, _, height, width = images.shape
     device = images.device
+    rank, world = shard
+    total, part = batch * world, slice(rank * batch, (rank + 1) * batch)
     x = to_float(images)
-    boxes = sample_resized_crop(batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, device)
+    boxes = sample_resized_crop(total, height, width, cfg.crop_scale, cfg.crop_ratio, generator, device)[part]
     x = resized_crop(x, boxes, size)
     if cfg.flip_p > 0:
-        x = hflip(x, sample_flags(batch, cfg.flip_p, generator, device))
+        x = hflip(x, sample_flags(total, cfg.flip_p, generator, device)[part])
     if cfg.jitter_p > 0:
-        params = sample_color_jitter(batch, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, generator)
-        x = color_jitter(x, params, sample_flags(batch, cfg.jitter_p, generator))
+        params = sample_color_jitter(total, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, generator)
+        x = color_jitter(x, params.take(part), sample_flags(total, cfg.jitter_p, generator)[part])
     if cfg.gray_p > 0:
-        x = grayscale(x, sample_flags(batch, cfg.gray_p, generator, device))
+        x = grayscale(x, sample_flags(total, cfg.gray_p, generator, device)[part])
     if cfg.blur_p > 0:
-        sigmas = sample_gaussian_blur(batch, cfg.blur_sigma, generator)
-        x = gaussian_blur(x, sigmas, cfg.blur_kernel_size(size), sample_flags(batch, cfg.blur_p, generator))
+        sigmas = sample_gaussian_blur(total, cfg.blur_sigma, generator)[part]
+        x = gaussian_blur(x, sigmas, cfg.blur_kernel_size(size), sample_flags(total, cfg.blur_p, generator)[part])
     if cfg.solarize_p > 0:
-        x = solarize(x, sample_flags(batch, cfg.solarize_p, generator, device))
+        x = solarize(x, sample_flags(total, cfg.solarize_p, generator, device)[part])
     return x

@@ -86,7 +86,7 @@ def decode_files(files: list[Path], size: int, desc: str) -> tuple[torch.Tensor,
                                                                                               np.uint8)
     images = np.ascontiguousarray(images)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # one per process: ranks may decode at once
     np.savez(tmp, images=images, kept=np.asarray(kept, dtype=np.int64))
     os.replace(tmp, cache)
     return torch.from_numpy(images), kept, skipped
@@ -109,14 +109,44 @@ def _load_split(folder: Path, size: int | None, classes: list[str] | None = None
             labels += [classes.index(d.name)] * len(found)
     else:
         files, labels, classes = _images_in(folder), None, None
-    if not files:
-        raise UserError(f"no images found in '{folder}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    size = size or _common_size(files)
-    images, kept, skipped = decode_files(files, size, desc=f"decoding {folder.name}")
-    if not kept:
-        raise UserError(f"none of the {len(files)} images in '{folder}' could be read")
+    images, kept, skipped, size = _decode_found(files, folder, size)
     label_t = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.long)
     return ImageSet(images, label_t, classes, [str(files[i]) for i in kept]), skipped, size
+
+
+def _decode_found(files: list[Path], where: Path, size: int | None) -> tuple[torch.Tensor, list[int], list[str], int]:
+    """:func:`decode_files` at ``size`` (default: the images' common size); no readable image is a user error."""
+    if not files:
+        raise UserError(f"no images found in '{where}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    size = size or _common_size(files)
+    images, kept, skipped = decode_files(files, size, desc=f"decoding {where.name}")
+    if not kept:
+        raise UserError(f"none of the {len(files)} images in '{where}' could be read")
+    return images, kept, skipped, size
+
+
+def load_images(path: str | Path, size: int | None = None) -> ImageSet:
+    """Every image under ``path`` (a folder of any layout, or one image file), sorted by path, with its path.
+
+    When no image lies directly in ``path``, each is labeled by the name of the folder it is in
+    (``root/cat/1.jpg`` and ``root/train/cat/2.jpg`` are both ``cat``). Unreadable files are skipped
+    and listed on stderr.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"'{root}' does not exist")
+    files = _images_in(root) if root.is_dir() else [root]
+    images, kept, skipped, _ = _decode_found(files, root, size)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s) in '{root}':", *skipped, sep="\n  ",
+              file=sys.stderr)
+    files = [files[i] for i in kept]
+    labels, classes = None, None
+    if root.is_dir() and all(f.parent != root for f in files):
+        classes = sorted({f.parent.name for f in files})
+        ids = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([ids[f.parent.name] for f in files], dtype=torch.long)
+    return ImageSet(images, labels, classes, [str(f) for f in files])
 
 
 def load_folder_dataset(root: Path, image_size: int | None) -> Dataset:

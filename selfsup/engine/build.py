@@ -33,14 +33,18 @@ def check_method_args(cls: type[Method], args: dict[str, Any]) -> None:
                         f"its options: {', '.join(sorted(params)) or 'none'}")
 
 
-def build_method(cfg: TrainConfig, image_size: int, num_classes: int, backbone: nn.Module | None = None) -> Method:
-    """Seeded construction: the same config and seed give the same initial weights."""
+def build_method(cfg: TrainConfig, image_size: int, num_classes: int, backbone: nn.Module | None = None,
+                 num_samples: int = 0) -> Method:
+    """Seeded construction: the same config and seed give the same initial weights.
+
+    ``num_samples`` is the size of the pretraining set (methods with a memory bank need it).
+    """
     cls = get_method(cfg.method)
     check_method_args(cls, cfg.method_args)
     torch.manual_seed(cfg.seed)
     backbone = backbone if backbone is not None else build_backbone(cfg.backbone, image_size)
     return cls(backbone, feature_dim(backbone, image_size), image_size, augment_config(cfg.augment),
-               num_classes=num_classes, **cfg.method_args)
+               num_classes=num_classes, num_samples=num_samples, **cfg.method_args)
 
 
 def method_from_checkpoint(path, backbone: nn.Module | None = None,
@@ -53,7 +57,7 @@ def method_from_checkpoint(path, backbone: nn.Module | None = None,
     cfg = config_from_dict(ckpt["config"])
     if backbone is None and cfg.backbone.startswith("custom"):
         raise UserError("this checkpoint holds a custom backbone; load it from Python with backbone=<module>")
-    method = build_method(cfg, ckpt["image_size"], ckpt["num_classes"], backbone)
+    method = build_method(cfg, ckpt["image_size"], ckpt["num_classes"], backbone, ckpt.get("num_samples", 0))
     if trained:
         method.load_state_dict(ckpt["state"])
     return method, ckpt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def is_distributed() -> bool:
@@ -53,3 +54,111 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (no gradient); ``x`` itself in a single process."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def init_from_env(device: str) -> torch.device | None:
+    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK in the environment).
+
+    NCCL on GPU, gloo on CPU. Returns this process's device, or None when not launched by torchrun.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """all_reduce(sum) whose backward is again an all_reduce(sum) of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over ranks, differentiably; the identity in a single process."""
+    return _AllReduceSum.apply(x) if is_distributed() else x
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch of all ranks, on any device (torch's SyncBatchNorm needs a GPU).
+
+    Mean and variance come from all-reduced sums, with gradients flowing through the reduction, so N
+    processes with batch B normalise exactly as one process with batch N * B.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not is_distributed():
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
+        stats = all_reduce_with_grad(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c : 2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1), m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer with a global-batch one: torch's SyncBatchNorm on GPU, ours on CPU."""
+    if any(p.is_cuda for p in module.parameters()):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global_bn(module)
+
+
+def _to_global_bn(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            _to_global_bn(child)
+    return module
+

@@ -2,12 +2,13 @@
 
 A run folder holds ``config.yaml`` (replayable with ``--config``), ``checkpoint.pt`` (written
 atomically at every epoch end), ``metrics.csv`` (one row per ``log_every`` steps), TensorBoard
-events in ``tb/``, ``loss.png``, ``embedding.png`` and ``metrics.json``.
+events in ``tb/``, ``loss.png``, ``embedding.png``, ``retrieval.png`` and ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import math
 import shutil
@@ -19,19 +20,33 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from selfsup.config import TrainConfig, config_from_dict, validate
 from selfsup.data.sources import Dataset, load_data
 from selfsup.engine.build import build_method, check_method_args
 from selfsup.engine.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from selfsup.engine.distributed import (
+    all_reduce_mean,
+    barrier,
+    convert_sync_batchnorm,
+    init_from_env,
+    is_main_process,
+    rank,
+    world_size,
+)
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.errors import TrainingDiverged, UserError
-from selfsup.evaluate import extract_features, knn, probe
+from selfsup.evaluate import extract_features, knn, probe, scores
 from selfsup.evaluate.features import autocast
 from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
 from selfsup.methods import Batch, Method, get_method
+from selfsup.use.retrieve import plot_retrieval
 
+# buffers (BN statistics under global BN, queues, banks) stay equal on every rank by construction
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                  else {"broadcast_buffers": False})
 RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
 CSV_FIELDS = ["step", "epoch", "loss", "lr", "samples_per_second", "elapsed_seconds", "knn_top1"]
 
@@ -124,8 +139,11 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     ``stop_at`` ends the session after that many steps with a resumable checkpoint, as an
     interruption would (time-boxed jobs; the resume tests).
     """
+    device = init_from_env(cfg.device) or resolve_device(cfg.device)
     cfg, out, ckpt = prepare_run(cfg, out, overwrite, resume)
-    device = resolve_device(cfg.device)
+    world, main = world_size(), is_main_process()
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
     data = data or load_data(cfg.data, cfg.image_size, cfg.download)
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
@@ -134,20 +152,26 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     per_epoch, total = _schedule(cfg, len(data.pretrain))
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
-    method = build_method(cfg, cfg.image_size, data.num_classes, backbone).to(device)
+    method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
+    if world > 1 and cfg.sync_bn:
+        method = convert_sync_batchnorm(method)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+    model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
+                **NO_BUFFER_SYNC) if world > 1 else method
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
                                 fused=device.type == "cuda" and cfg.optimizer == "sgd")
     warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
 
-    # --- the run folder: only now, after every check, is anything written
-    if ckpt is None and out.exists() and overwrite:
-        for f in RUN_FILES + ("tb", "loss.png", "embedding.png"):
-            p = out / f
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+    # --- the run folder: only now, after every check on every rank, is anything written (by rank 0 alone)
+    barrier()
+    if main:
+        if ckpt is None and out.exists() and overwrite:
+            for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png"):
+                p = out / f
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
     start, baseline = 0, {}
     if ckpt is not None:
         method.load_state_dict(ckpt["state"])
@@ -159,13 +183,16 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     images = data.pretrain.images.to(device) if device.type == "cuda" else data.pretrain.images
     labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None else None
     ckpt_path = out / FILENAME
-    logger = StepLogger(out, start, total, cfg, show_progress, ckpt["train_seconds"] if ckpt else 0.0)
+    logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
 
     def checkpoint(step: int, finished: bool) -> None:
+        if not main:
+            return
         save_checkpoint(ckpt_path, dict(
             config=cfg.to_dict(), step=step, epoch=step // per_epoch, finished=finished,
             state=method.state_dict(), optimizer=optimizer.state_dict(), baseline=baseline,
-            train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes))
+            train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes,
+            num_samples=len(data.pretrain)))
 
     order = None
     method.train()
@@ -174,7 +201,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         epoch, pos = divmod(step, per_epoch)
         if order is None or pos == 0:
             order = _epoch_order(len(images), cfg.seed, epoch)
-        idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size].to(device, non_blocking=True)
+        # this rank's slice of the global batch: disjoint shards, together exactly one global batch
+        local = cfg.batch_size // world
+        first = pos * cfg.batch_size + rank() * local
+        idx = order[first : first + local].to(device, non_blocking=True)
         batch = Batch(images=images[idx].to(device, non_blocking=True),
                       labels=None if labels is None else labels[idx], indices=idx,
                       generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), progress=step / total)
@@ -182,7 +212,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         for group in optimizer.param_groups:
             group["lr"] = lr
         with autocast(device):
-            loss = method.training_step(batch)
+            loss = model(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -202,16 +232,29 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     logger.close()
     if last < total:  # stopped early on request: resumable, not evaluated
         return Run(out, cfg, method, data, dict(steps=last))
+    return _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main)
+
+
+def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: torch.device, train_seconds: float,
+            baseline: dict, evaluate: bool, per_epoch: int, main: bool) -> Run:
+    """Final evaluation (every rank joins the feature extraction), plots and metrics.json (rank 0)."""
+    total = cfg.steps or per_epoch * cfg.epochs
     metrics: dict[str, Any] = dict(method=cfg.method, backbone=cfg.backbone, data=cfg.data, steps=total,
                                    epochs=round(total / per_epoch, 2), batch_size=cfg.batch_size,
-                                   image_size=cfg.image_size, train_seconds=round(logger.train_seconds, 2),
-                                   samples_per_second=round(total * cfg.batch_size / logger.train_seconds, 1),
-                                   device=str(device), **baseline)
+                                   image_size=cfg.image_size, train_seconds=round(train_seconds, 2),
+                                   samples_per_second=round(total * cfg.batch_size / train_seconds, 1),
+                                   device=str(device), processes=world_size(), **baseline)
+    if evaluate and data.evaluable:  # every rank embeds its share; all get the same numbers
+        train_feats, test_feats = (extract_features(method.backbone, s.images, cfg.image_size, device=device)
+                                   for s in (data.train, data.test))
+        metrics.update(scores(train_feats, data.train.labels, test_feats, data.test.labels))
+    if not main:
+        return Run(out, cfg, method, data, metrics)
     if evaluate and data.evaluable:
-        metrics.update(probe(method.backbone, data.train, data.test, cfg.image_size, device))
-        test_feats = extract_features(method.backbone, data.test.images, cfg.image_size, device=device)
         plot_embedding(test_feats, data.test.labels, out / "embedding.png", data.test.classes,
                        title=f"{cfg.method} {cfg.backbone}: test embeddings (t-SNE)")
+        plot_retrieval(data.train, train_feats, data.test, test_feats, out / "retrieval.png",
+                       title=f"{cfg.method} {cfg.backbone}: test images and their nearest train images")
     plot_loss(out / "metrics.csv", out / "loss.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return Run(out, cfg, method, data, metrics)
@@ -221,15 +264,17 @@ class StepLogger:
     """metrics.csv rows, TensorBoard scalars and the progress bar, one host sync per ``log_every`` steps."""
 
     def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool,
-                 train_seconds: float = 0.0) -> None:
-        _trim_csv(out / "metrics.csv", start)
-        from torch.utils.tensorboard import SummaryWriter
+                 train_seconds: float = 0.0, main: bool = True) -> None:
+        self.main = main
+        if main:
+            _trim_csv(out / "metrics.csv", start)
+            from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=start or None)
-        self.file = open(out / "metrics.csv", "a", newline="")
-        self.csv = csv.DictWriter(self.file, CSV_FIELDS)
-        if start == 0:
-            self.csv.writeheader()
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=start or None)
+            self.file = open(out / "metrics.csv", "a", newline="")
+            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
+            if start == 0:
+                self.csv.writeheader()
         self.bar = tqdm(total=total, initial=start, disable=not show_progress, unit="step", dynamic_ncols=True,
                         desc=cfg.method, mininterval=1.0)
         self.batch_size, self.every = cfg.batch_size, cfg.log_every
@@ -246,8 +291,12 @@ class StepLogger:
         return True
 
     def write(self, step: int, epoch: int, lr: float, knn_top1: float | None = None) -> None:
-        """Write the window's row: the one host sync per window happens here."""
-        self.last_loss = float(self.window_loss) / self.window_steps
+        """Write the window's row: the one host sync per window happens here (mean over ranks)."""
+        self.last_loss = float(all_reduce_mean(torch.as_tensor(self.window_loss))) / self.window_steps
+        if not self.main:
+            self.window_loss, self.window_steps, self.logged_seconds = 0.0, 0, self.train_seconds
+            self.window_start = time.perf_counter()
+            return
         row = dict(step=step, epoch=epoch, loss=round(self.last_loss, 6), lr=lr,
                    samples_per_second=round(self.window_steps * self.batch_size / max(
                        self.train_seconds - self.logged_seconds, 1e-9), 1),
@@ -267,8 +316,9 @@ class StepLogger:
 
     def close(self) -> None:
         self.bar.close()
-        self.writer.close()
-        self.file.close()
+        if self.main:
+            self.writer.close()
+            self.file.close()
 
 
 def _trim_csv(path: Path, step: int) -> None:

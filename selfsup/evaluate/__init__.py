@@ -15,7 +15,7 @@ from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_top1
 
-__all__ = ["extract_features", "knn", "knn_top1", "layers", "linear", "linear_top1", "probe"]
+__all__ = ["extract_features", "knn", "knn_top1", "layers", "linear", "linear_top1", "probe", "scores"]
 
 
 def _features(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None,
@@ -29,8 +29,14 @@ def probe(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int 
           device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1) -> dict[str, float]:
     """kNN and linear-probe top-1 from one feature extraction: ``{"knn_top1": .., "linear_top1": ..}``."""
     ftr, fte = _features(backbone, train, test, image_size, device)
-    return {"knn_top1": knn_top1(ftr, train.labels, fte, test.labels, k, temperature),
-            "linear_top1": linear_top1(ftr, train.labels, fte, test.labels)}
+    return scores(ftr, train.labels, fte, test.labels, k, temperature)
+
+
+def scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+           test_labels: torch.Tensor, k: int = 200, temperature: float = 0.1) -> dict[str, float]:
+    """kNN and linear-probe top-1 of features already extracted."""
+    return {"knn_top1": knn_top1(train_feats, train_labels, test_feats, test_labels, k, temperature),
+            "linear_top1": linear_top1(train_feats, train_labels, test_feats, test_labels)}
 
 
 def knn(backbone: nn.Module, train: ImageSet, test: ImageSet, k: int = 200, temperature: float = 0.1,

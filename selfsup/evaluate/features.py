@@ -10,6 +10,7 @@ from torch import nn
 
 from selfsup.backbones import stage_outputs
 from selfsup.data.views import eval_view
+from selfsup.engine.distributed import gather, is_distributed, rank, world_size
 
 #: per-layer probes pool each stage's map to at most this many values per image
 MAX_STAGE_DIM = 8192
@@ -36,19 +37,31 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
                      device: torch.device | str | None = None, stages: bool = False):
     """Backbone features ``(N, D)`` as float32 on the CPU (or a list, one per stage, if ``stages``).
 
-    The backbone runs in eval mode (BN uses running statistics) and is put back as it was.
+    The backbone runs in eval mode (BN uses running statistics) and is put back as it was. Under
+    torch.distributed every rank embeds its share of the images and all ranks receive all features.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
+    n, share = len(images), -(-len(images) // world_size())
+    mine = images[rank() * share : (rank() + 1) * share]
     was_training = backbone.training
     backbone.eval()
     out: list[list[torch.Tensor]] = []
     try:
-        for start in range(0, len(images), batch_size):
-            x = eval_view(images[start : start + batch_size].to(device, non_blocking=True), image_size)
+        for start in range(0, len(mine), batch_size):
+            x = eval_view(mine[start : start + batch_size].to(device, non_blocking=True), image_size)
             with autocast(device):
                 feats = [pool_stage(f) for f in stage_outputs(backbone, x)] if stages else [backbone(x)]
             out.append([f.float().cpu() for f in feats])
     finally:
         backbone.train(was_training)
     cols = [torch.cat(parts) for parts in zip(*out)]
+    if is_distributed():
+        cols = [_gather_rows(c, share, n, device) for c in cols]
     return cols if stages else cols[0]
+
+
+def _gather_rows(local: torch.Tensor, share: int, n: int, device: torch.device) -> torch.Tensor:
+    """All ranks' rows in rank order (shares padded to equal length for all_gather, then trimmed)."""
+    padded = torch.zeros(share, *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    return gather(padded).cpu()[:n]

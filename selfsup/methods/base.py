@@ -40,17 +40,22 @@ class Method(nn.Module):
     optimizer: ClassVar[str] = "sgd"
 
     def __init__(self, backbone: nn.Module, feat_dim: int, image_size: int, aug: AugmentConfig | None = None,
-                 num_classes: int = 0) -> None:
+                 num_classes: int = 0, num_samples: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.feat_dim = feat_dim
         self.image_size = image_size
         self.aug = aug or AugmentConfig()
         self.num_classes = num_classes
+        self.num_samples = num_samples  # size of the pretraining set (memory banks)
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         """Return the scalar loss for one batch."""
         raise NotImplementedError
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training step, as ``forward`` so that DistributedDataParallel can wrap the method."""
+        return self.training_step(batch)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -1,0 +1,97 @@
+"""MoCo v1/v2: contrast queries with a queue of keys from a momentum encoder (He et al., CVPR 2020;
+Chen, Fan, Girshick, He, "Improved Baselines with Momentum Contrastive Learning", 2020)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.data.views import augmented_views
+from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.engine.distributed import gather, is_distributed
+from selfsup.engine.ema import ema_update
+from selfsup.errors import UserError
+from selfsup.heads import MLP
+from selfsup.losses import info_nce
+from selfsup.methods.base import Batch, Method
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Overwrite the oldest ``len(keys)`` rows of the ring buffer ``queue`` with ``keys`` and advance ``ptr``
+    (MoCo's ``_dequeue_and_enqueue``). The queue size must be a multiple of ``len(keys)``."""
+    size, n = queue.shape[0], keys.shape[0]
+    if size % n:
+        raise UserError(f"moco: the queue size {size} must be divisible by the number of keys enqueued per "
+                        f"step ({n} = the global batch, twice that with symmetric=true); change queue_size")
+    start = int(ptr)
+    queue[start : start + n] = keys
+    ptr.fill_((start + n) % size)
+
+
+class MoCo(Method):
+    """Query encoder = backbone + projector; key encoder = their EMA copy (momentum ``momentum``). Each
+    query's positive is the key of the other view of its image, its negatives the queue of the last
+    ``queue_size`` keys; the newest keys (of all ranks) replace the oldest after every step.
+
+    ``version`` 1: linear 128-d head, T = 0.07; ``version`` 2 (default): MLP head, T = 0.2, plus Gaussian
+    blur (p = 0.5) when images are at least 64 px (``blur``). ``symmetric``: also use view 2 as query and
+    view 1 as key (both keys are enqueued). Batch norm cannot leak: keys are computed on a batch shuffled
+    across ranks (:func:`batch_shuffle`), and in a single process both encoders normalise in ``bn_splits``
+    sub-batches (:class:`SplitBatchNorm2d`), as ``bn_splits`` GPUs would.
+    """
+
+    name = "moco"
+    paper = "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020; " \
+            "Chen et al., Improved Baselines with Momentum Contrastive Learning (v2), 2020"
+    base_lr = 0.06
+
+    def __init__(self, *args, version: int = 2, temperature: float | None = None, momentum: float = 0.999,
+                 queue_size: int = 4096, proj_dim: int = 128, proj_hidden_dim: int | None = None,
+                 symmetric: bool = False, bn_splits: int = 8, blur: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if version not in (1, 2):
+            raise UserError(f"moco: version must be 1 or 2 (got {version})")
+        self.version, self.momentum, self.symmetric = version, momentum, symmetric
+        self.temperature = temperature if temperature is not None else (0.07 if version == 1 else 0.2)
+        if version == 1:
+            self.projector: nn.Module = nn.Linear(self.feat_dim, proj_dim)
+        else:
+            self.projector = MLP(self.feat_dim, proj_hidden_dim or self.feat_dim, proj_dim, hidden_bn=False)
+        if version == 2 and blur and self.image_size >= 64 and self.aug.blur_p == 0:
+            self.aug = replace(self.aug, blur_p=0.5)
+        if bn_splits > 1 and not is_distributed():
+            self.backbone = SplitBatchNorm2d.convert(self.backbone, bn_splits)
+        self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._keys: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def _key(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shuffled, unshuffle = batch_shuffle(x, generator)
+        k = F.normalize(self.key_projector(self.key_backbone(shuffled)).float(), dim=1)
+        return batch_unshuffle(k, unshuffle)
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        x1, x2 = augmented_views(batch.images, self.aug, self.image_size, batch.generator).chunk(2)
+        pairs = [(x1, x2), (x2, x1)] if self.symmetric else [(x1, x2)]
+        keys = [self._key(xk, batch.generator) for _, xk in pairs]
+        losses = [info_nce(self.projector(self.backbone(xq)), k, self.queue, self.temperature)
+                  for (xq, _), k in zip(pairs, keys)]
+        self._keys = gather(torch.cat(keys))
+        return torch.stack(losses).sum()
+
+    @torch.no_grad()
+    def after_step(self, progress: float) -> None:
+        """Momentum update of the key encoder, then enqueue this step's keys (dequeueing the oldest)."""
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
+        if self._keys is not None:
+            enqueue(self.queue, self.queue_ptr, self._keys)
+            self._keys = None

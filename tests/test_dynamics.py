@@ -1,0 +1,160 @@
+"""State that changes between steps: MoCo's queue and key encoder, NPID's memory bank, split and shuffled BN."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones import build_backbone
+from selfsup.data.views import augmented_views
+from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.errors import UserError
+from selfsup.methods import Batch
+from selfsup.methods.moco import MoCo, enqueue
+from selfsup.methods.npid import NPID, bank_update
+
+
+def batch(n, num_samples=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g)
+    return Batch(images, torch.randint(0, 3, (n,), generator=g), torch.randperm(num_samples, generator=g)[:n],
+                 torch.Generator().manual_seed(seed), 0.0)
+
+
+# --------------------------------------------------------------------------------------------- MoCo queue
+
+
+@pytest.mark.parametrize("size,per_step,steps", [(12, 4, 2), (12, 4, 5), (8, 8, 3), (6, 2, 7)])
+def test_queue_holds_exactly_the_last_keys_in_order(size, per_step, steps):
+    queue, ptr = torch.zeros(size, 3), torch.zeros((), dtype=torch.long)
+    keys = torch.arange(per_step * steps * 3, dtype=torch.float).view(-1, 3)
+    for s in range(steps):
+        enqueue(queue, ptr, keys[s * per_step : (s + 1) * per_step])
+    assert int(ptr) == steps * per_step % size
+    oldest_first = torch.cat([queue[int(ptr):], queue[: int(ptr)]])
+    written = min(size, steps * per_step)
+    assert torch.equal(oldest_first[size - written :], keys[-written:])
+    assert not oldest_first[: size - written].any()  # never written: still the initial contents
+
+
+def test_queue_size_must_divide_by_the_keys_per_step():
+    with pytest.raises(UserError, match="divisible"):
+        enqueue(torch.zeros(10, 2), torch.zeros((), dtype=torch.long), torch.ones(4, 2))
+
+
+def small_moco(**kw):
+    torch.manual_seed(0)
+    return MoCo(build_backbone("small"), 256, 8, **{"queue_size": 16, "bn_splits": 2, **kw})
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_moco_step_enqueues_its_keys_and_moves_the_key_encoder(symmetric):
+    m = small_moco(momentum=0.9, symmetric=symmetric)
+    old_queue = m.queue.clone()
+    m.training_step(batch(4)).backward()
+    keys = m._keys.clone()
+    assert keys.shape == (8 if symmetric else 4, 128)
+    torch.testing.assert_close(keys.norm(dim=1), torch.ones(len(keys)))
+    key_before = [p.clone() for p in m.key_backbone.parameters()]
+    with torch.no_grad():  # a stand-in optimiser step
+        for p in m.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    m.after_step(0.5)
+    assert torch.equal(m.queue[: len(keys)], keys) and torch.equal(m.queue[len(keys) :], old_queue[len(keys) :])
+    for k0, k1, q in zip(key_before, m.key_backbone.parameters(), m.backbone.parameters()):
+        torch.testing.assert_close(k1, 0.9 * k0 + 0.1 * q)
+
+
+def test_moco_uses_split_bn_in_both_encoders_and_versions_differ():
+    v2 = small_moco()
+    assert sum(isinstance(m, SplitBatchNorm2d) for m in v2.backbone.modules()) == 4
+    assert sum(isinstance(m, SplitBatchNorm2d) for m in v2.key_backbone.modules()) == 4
+    v1 = small_moco(version=1)
+    assert (v1.temperature, v2.temperature) == (0.07, 0.2)
+    assert isinstance(v1.projector, nn.Linear) and not any(isinstance(m, nn.BatchNorm1d) for m in v2.projector)
+    assert small_moco(bn_splits=1).backbone.blocks[0][1].__class__ is nn.BatchNorm2d
+
+
+def test_moco_v2_adds_blur_only_on_large_images():
+    torch.manual_seed(0)
+    big = MoCo(build_backbone("small"), 256, 64, queue_size=16)
+    assert big.aug.blur_p == 0.5 and small_moco().aug.blur_p == 0.0
+    assert MoCo(build_backbone("small"), 256, 64, queue_size=16, version=1).aug.blur_p == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- NPID bank
+
+
+def test_bank_update_closed_form():
+    rows = F.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+    feats = torch.randn(6, 4, dtype=torch.float64)
+    got = bank_update(rows, feats, 0.5)
+    for r, f, g in zip(rows, feats, got):
+        v = 0.5 * r + 0.5 * f / f.norm()
+        torch.testing.assert_close(g, v / v.norm())
+
+
+@pytest.mark.parametrize("negatives", [16, 0])  # sampled negatives / the whole bank
+def test_npid_step_updates_only_its_rows(negatives):
+    torch.manual_seed(0)
+    m = NPID(build_backbone("small"), 256, 8, num_samples=40, negatives=negatives)
+    b = batch(6)
+    before = m.bank.clone()
+    loss = m.training_step(b)
+    assert torch.isfinite(loss)
+    with torch.no_grad():  # the step's features, recomputed from the same (seeded) view
+        feats = m.head(m.backbone(augmented_views(b.images, m.aug, 8, torch.Generator().manual_seed(0), n=1)))
+    m.after_step(0.1)
+    torch.testing.assert_close(m.bank[b.indices], bank_update(before[b.indices], feats, 0.5))
+    others = torch.ones(40, dtype=torch.bool)
+    others[b.indices] = False
+    assert torch.equal(m.bank[others], before[others])
+    torch.testing.assert_close(m.bank.norm(dim=1), torch.ones(40))
+
+
+def test_npid_needs_the_dataset_size():
+    with pytest.raises(UserError, match="dataset size"):
+        NPID(build_backbone("small"), 256, 8)
+
+
+# ------------------------------------------------------------------------------------------ shuffle and BN
+
+
+@pytest.mark.parametrize("n", [1, 5, 16])
+def test_batch_shuffle_and_unshuffle_restore_the_order(n):
+    x = torch.arange(n * 3, dtype=torch.float).view(n, 3)
+    shuffled, idx = batch_shuffle(x, torch.Generator().manual_seed(1))
+    assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()
+    if n > 4:
+        assert not torch.equal(shuffled, x)
+    assert torch.equal(batch_unshuffle(shuffled, idx), x)
+    assert torch.equal(batch_unshuffle(shuffled * 2 + 1, idx), x * 2 + 1)  # a per-sample function of it
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4])
+def test_split_bn_equals_bn_on_each_sub_batch(splits):
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2), bn.bias.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    split = SplitBatchNorm2d.convert(nn.Sequential(bn), splits)[0]
+    assert isinstance(split, SplitBatchNorm2d) and split.state_dict().keys() == bn.state_dict().keys()
+    reference = [nn.BatchNorm2d(3) for _ in range(splits)]
+    for r in reference:
+        r.load_state_dict(bn.state_dict())
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    for _ in range(2):  # twice: running statistics carry over
+        out = split(x)
+        expected = torch.cat([r(part) for r, part in zip(reference, x.chunk(splits))])
+        torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(split.running_mean, torch.stack([r.running_mean for r in reference]).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack([r.running_var for r in reference]).mean(0))
+    split.eval()
+    plain = nn.BatchNorm2d(3).eval()
+    plain.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split(x), plain(x))
+
+
+def test_split_bn_rejects_a_batch_that_does_not_split():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SplitBatchNorm2d(3, 4)(torch.randn(6, 3, 2, 2))

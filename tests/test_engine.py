@@ -1,0 +1,107 @@
+"""Engine: exact resume, NaN stop with the last good checkpoint intact, atomic checkpoints, schedules, EMA."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+import selfsup
+from selfsup.config import TrainConfig
+from selfsup.data import load_data
+from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
+from selfsup.engine.ema import cosine_tau, ema_update
+from selfsup.engine.optim import LARS, lr_at
+from selfsup.errors import TrainingDiverged
+
+DIGITS = load_data("digits")
+
+
+def small_cfg(**kw):
+    base = dict(method="simclr", data="digits", batch_size=64, image_size=8, steps=12, log_every=3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_resume_equals_straight_run(tmp_path, method):
+    straight = selfsup.train(small_cfg(method=method), tmp_path / "a", evaluate=False, show_progress=False,
+                             data=DIGITS)
+    selfsup.train(small_cfg(method=method), tmp_path / "b", evaluate=False, show_progress=False, data=DIGITS,
+                  stop_at=5)
+    assert not load_checkpoint(tmp_path / "b")["finished"]
+    resumed = selfsup.train(small_cfg(), resume=tmp_path / "b", evaluate=False, show_progress=False, data=DIGITS)
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "metrics.csv"))]
+    assert steps == sorted(set(steps)) and steps[0] == 3 and 5 in steps and steps[-1] == 12  # one log, no repeats
+
+
+class NaNAfter(nn.Module):
+    """A backbone that starts returning NaN after ``n`` forward passes in training mode."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.n, self.calls = n, 0
+
+    def forward(self, x):
+        y = self.conv(x).mean(dim=(2, 3))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.n:
+                y = y * float("nan")
+        return y
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data = load_data("digits")
+    cfg = small_cfg(batch_size=256, steps=40, log_every=1)  # 5 steps per epoch: checkpoints at 5, 10
+    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 12.*last good checkpoint"):
+        selfsup.train(cfg, tmp_path / "run", backbone=NaNAfter(11), evaluate=False, show_progress=False, data=data)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 10 and not ckpt["finished"]
+    assert all(torch.isfinite(v).all() for v in ckpt["state"].values() if v.is_floating_point())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_lr_schedule_warmup_then_cosine():
+    assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_byol_tau_schedule_and_ema_closed_form():
+    assert cosine_tau(0.99, 0.0) == pytest.approx(0.99)
+    assert cosine_tau(0.99, 0.5) == pytest.approx(0.995)
+    assert cosine_tau(0.99, 1.0) == pytest.approx(1.0)
+    online, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    w0, o = target.weight.detach().clone(), online.weight.detach().clone()
+    for _ in range(7):
+        ema_update(target, online, 0.9)
+    # constant online weights: target_k = tau^k w0 + (1 - tau^k) online
+    torch.testing.assert_close(target.weight, 0.9**7 * w0 + (1 - 0.9**7) * o)
+
+
+def test_lars_trust_ratio():
+    p = nn.Parameter(torch.tensor([3.0, 4.0]))  # |p| = 5
+    p.grad = torch.tensor([0.0, 10.0])  # |g| = 10
+    opt = LARS([dict(params=[p], weight_decay=0.0)], lr=1.0, momentum=0.0, trust_coefficient=0.001)
+    opt.step()
+    # step = lr * eta * |p| / |g| * g = 0.001 * 0.5 * g
+    torch.testing.assert_close(p.detach(), torch.tensor([3.0, 4.0 - 0.005]))
