@@ -20,6 +20,11 @@ SMOKE = {
     "supervised": dict(steps=40, image_size=8, probe="knn_top1"),
     "rotnet": dict(steps=100, image_size=8, probe="linear_top1"),
     "byol": dict(steps=100, image_size=8, probe="linear_top1"),
+    "moco": dict(steps=100, image_size=8, probe="knn_top1", method_args=dict(queue_size=512)),
+    "npid": dict(steps=100, image_size=8, probe="knn_top1"),
+    "barlow": dict(steps=100, image_size=8, probe="knn_top1"),
+    "supcon": dict(steps=100, image_size=8, probe="knn_top1"),
+    "triplet": dict(steps=100, image_size=8, probe="knn_top1"),
 }
 
 

@@ -34,6 +34,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     paper: ClassVar[str]
     needs_labels: ClassVar[bool] = False
+    #: under DDP, batch norm over the global batch (off where it would leak, e.g. MoCo's shuffled keys)
+    global_bn: ClassVar[bool] = True
     #: defaults the engine uses unless the user overrides them; lr = base_lr * batch_size / 256
     base_lr: ClassVar[float] = 0.12
     weight_decay: ClassVar[float] = 5e-4

@@ -49,6 +49,7 @@ class MoCo(Method):
     paper = "He et al., Momentum Contrast for Unsupervised Visual Representation Learning, CVPR 2020; " \
             "Chen et al., Improved Baselines with Momentum Contrastive Learning (v2), 2020"
     base_lr = 0.06
+    global_bn = False  # shuffled per-rank BN on the key encoder is what stops the cheating
 
     def __init__(self, *args, version: int = 2, temperature: float | None = None, momentum: float = 0.999,
                  queue_size: int = 4096, proj_dim: int = 128, proj_hidden_dim: int | None = None,
