@@ -26,7 +26,8 @@ def augment_config(values: dict[str, Any]) -> AugmentConfig:
 
 
 def check_method_args(cls: type[Method], args: dict[str, Any]) -> None:
-    params = {n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    params = {n for klass in cls.__mro__ if issubclass(klass, Method) and "__init__" in vars(klass)
+              for n, p in inspect.signature(klass.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
     unknown = sorted(set(args) - params)
     if unknown:
         raise UserError(f"method {cls.name} has no option(s) {', '.join(unknown)}; "

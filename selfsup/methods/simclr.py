@@ -23,4 +23,8 @@ class SimCLR(Method):
     def training_step(self, batch: Batch) -> torch.Tensor:
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator)
         z1, z2 = self.projector(self.backbone(x)).chunk(2)
+        return self.objective(z1, z2, batch)
+
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """NT-Xent over the two views' projections."""
         return nt_xent(z1, z2, self.temperature)

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from selfsup.data.views import augmented_views
-from selfsup.heads import MLP
 from selfsup.losses import supcon_loss
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch
+from selfsup.methods.simclr import SimCLR
 
 
-class SupCon(Method):
+class SupCon(SimCLR):
     """SimCLR's views and projector with the L_out supervised contrastive loss over both views (T = 0.1)."""
 
     name = "supcon"
     paper = "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020"
     needs_labels = True
 
-    def __init__(self, *args, temperature: float = 0.1, proj_hidden_dim: int = 512, proj_dim: int = 128,
-                 **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.temperature = temperature
-        self.projector = MLP(self.feat_dim, proj_hidden_dim, proj_dim)
+    def __init__(self, *args, temperature: float = 0.1, **kwargs) -> None:
+        super().__init__(*args, temperature=temperature, **kwargs)
 
-    def training_step(self, batch: Batch) -> torch.Tensor:
-        x = augmented_views(batch.images, self.aug, self.image_size, batch.generator)
-        z1, z2 = self.projector(self.backbone(x)).chunk(2)
+    def objective(self, z1: torch.Tensor, z2: torch.Tensor, batch: Batch) -> torch.Tensor:
         return supcon_loss(z1, z2, batch.labels, self.temperature)
