@@ -12,19 +12,18 @@ from selfsup.methods import METHODS
 
 DIGITS = load_data("digits")
 
-#: a short budget per method that is enough on digits (small convnet), and the probe that must beat random init.
-#: kNN of random conv features is already ~82% on 8x8 digits; within a smoke budget RotNet's last-layer features
-#: (shaped by a 4-way rotation task) gain under the linear probe but not yet under kNN, so RotNet is held to the probe.
+#: a short budget per method that is enough on digits (small convnet) for its kNN to beat random init, which is
+#: already ~82% on 8x8 digits. RotNet's rotation features need the longest run to get there.
 SMOKE = {
-    "simclr": dict(steps=100, image_size=8, probe="knn_top1"),
-    "supervised": dict(steps=40, image_size=8, probe="knn_top1"),
-    "rotnet": dict(steps=100, image_size=8, probe="linear_top1"),
-    "byol": dict(steps=150, image_size=16, probe="knn_top1"),
-    "moco": dict(steps=100, image_size=8, probe="knn_top1", method_args=dict(queue_size=512)),
-    "npid": dict(steps=100, image_size=8, probe="knn_top1"),
-    "barlow": dict(steps=100, image_size=8, probe="knn_top1"),
-    "supcon": dict(steps=100, image_size=8, probe="knn_top1"),
-    "triplet": dict(steps=100, image_size=8, probe="knn_top1"),
+    "simclr": dict(steps=100, image_size=8),
+    "supervised": dict(steps=40, image_size=8),
+    "rotnet": dict(steps=250, image_size=8, lr=0.03),
+    "byol": dict(steps=150, image_size=16),
+    "moco": dict(steps=100, image_size=8, method_args=dict(queue_size=512)),
+    "npid": dict(steps=100, image_size=8),
+    "barlow": dict(steps=100, image_size=8),
+    "supcon": dict(steps=100, image_size=8),
+    "triplet": dict(steps=100, image_size=8),
 }
 
 
@@ -33,15 +32,13 @@ def test_every_registered_method_has_a_smoke_run():
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_loss_falls_and_features_beat_random_init(tmp_path, name):
-    settings = dict(SMOKE[name])
-    probe = settings.pop("probe")
-    cfg = selfsup.TrainConfig(method=name, data="digits", batch_size=128, log_every=10, **settings)
+def test_loss_falls_and_knn_beats_random_init(tmp_path, name):
+    cfg = selfsup.TrainConfig(method=name, data="digits", batch_size=128, log_every=10, **SMOKE[name])
     run = selfsup.train(cfg, tmp_path / name, show_progress=False, data=DIGITS)
     losses = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / name / "metrics.csv"))]
     assert losses[-1] < losses[0], losses
     m = run.metrics
-    assert m[probe] > m[f"random_init_{probe}"] + 0.01, m
+    assert m["knn_top1"] > m["random_init_knn_top1"] + 0.01, m
 
 
 def test_python_api_with_any_module_as_backbone(tmp_path):
