@@ -141,22 +141,179 @@ def cpu_simclr(args: argparse.Namespace) -> None:
     save(result, "cpu_simclr")
 
 
-def gpu_simclr(args: argparse.Namespace) -> None:
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu-simclr needs a CUDA GPU")
-    env = environment()
+# the contrastive / siamese family on the CPU table (issue 4): name -> (method, method_args)
+CPU_METHODS: dict[str, tuple[str, dict]] = {
+    "simclr": ("simclr", {}), "mocov1": ("moco", {"version": 1}), "mocov2": ("moco", {"version": 2}),
+    "byol": ("byol", {}), "barlow": ("barlow", {}), "npid": ("npid", {}), "supcon": ("supcon", {}),
+    "triplet": ("triplet", {}), "supervised": ("supervised", {}),
+}
+
+
+def cpu_methods(args: argparse.Namespace) -> None:
+    """Every joint-embedding method, small convnet, CIFAR-10, batch 256, 1000 steps, on the CPU.
+
+    One run at a time (each uses every core); each finished method is written at once, so an
+    interrupted table resumes where it stopped (``--force`` re-runs).
+    """
+    path = RESULTS / "cpu_methods.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.update(name="cpu-methods", dataset="CIFAR-10 (JPEG folders)", backbone="small", steps=args.steps,
+                  batch_size=args.batch_size)
+    runs = result.setdefault("runs", {})
     dataset = load_data(args.data)
-    cfg = selfsup.TrainConfig(method="simclr", data=args.data, backbone="resnet18", steps=args.steps,
-                              batch_size=args.batch_size, device="cuda")
+    for name in args.methods.split(","):
+        if name in runs and not args.force:
+            continue
+        method, method_args = CPU_METHODS[name]
+        cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="small", steps=args.steps,
+                                  batch_size=args.batch_size, device="cpu", method_args=method_args)
+        m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False, data=dataset).metrics
+        runs[name] = dict(**{k: m[k] for k in ("knn_top1", "linear_top1", "random_init_knn_top1",
+                                               "random_init_linear_top1", "train_seconds", "samples_per_second")},
+                          method=method, method_args=method_args, **environment())
+        print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f}"
+              f" / {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s", flush=True)
+        save(result, "cpu_methods")
+
+
+# forward multiply-accumulates of one 32 px view through ResNet-18 with the CIFAR stem (issue 3)
+R18_CIFAR_GMAC = 0.56
+# datasheet dense bf16 tensor-core peak, FLOP/s (H100 / H200 SXM); other GPUs: no MFU is reported
+PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def _peak_flops() -> float | None:
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def gpu_speed(dataset, method: str, args: argparse.Namespace, compile: bool = False) -> dict:
+    """Steady-state training speed of ``method`` (ResNet-18, CIFAR stem) on one GPU, from the trainer's own log."""
+    import csv
+
+    out = Path(tempfile.mkdtemp())
+    cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="resnet18", steps=args.steps,
+                              batch_size=args.batch_size, device="cuda", log_every=args.window, compile=compile)
     torch.cuda.reset_peak_memory_stats()
-    run = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, evaluate=False, show_progress=False,
-                        data=dataset)
-    m = run.metrics
-    per_epoch = len(dataset.pretrain) // args.batch_size
-    save(dict(name="gpu-simclr", **env, dataset="CIFAR-10", backbone="resnet18 (CIFAR stem)", method="simclr",
-              steps=args.steps, batch_size=args.batch_size, samples_per_second=m["samples_per_second"],
-              seconds_per_epoch=round(per_epoch * args.batch_size / m["samples_per_second"], 2),
-              peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)), "gpu_simclr")
+    selfsup.train(cfg, out, overwrite=True, evaluate=False, show_progress=False, data=dataset)
+    with open(out / "metrics.csv") as f:
+        windows = [float(r["samples_per_second"]) for r in csv.DictReader(f)][1:]  # first window: warm-up
+    sps = sorted(windows)[len(windows) // 2]
+    # FLOPs per sample: two views, forward + backward (3x forward); BYOL adds the target network's forward
+    passes = 3 + (1 if method in ("byol", "moco") else 0)
+    flops = 2 * passes * 2 * R18_CIFAR_GMAC * 1e9
+    peak = _peak_flops()
+    return dict(method=method, compile=compile, samples_per_second=round(sps), windows=[round(w) for w in windows],
+                seconds_per_epoch=round(len(dataset.pretrain) / sps, 2),
+                minutes_for_200_epochs=round(200 * len(dataset.pretrain) / sps / 60, 1),
+                peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                tflops=round(sps * flops / 1e12, 1), mfu=round(sps * flops / peak, 3) if peak else None)
+
+
+def sync_points(dataset, args: argparse.Namespace) -> list[str]:
+    """Source lines that synchronise the host with the GPU during a few SimCLR steps (should be the log flush)."""
+    import warnings
+
+    cfg = selfsup.TrainConfig(method="simclr", data=args.data, backbone="resnet18", steps=4, batch_size=args.batch_size,
+                              device="cuda", log_every=2)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, evaluate=False, show_progress=False,
+                          data=dataset)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)})
+
+
+def profile_step(dataset, args: argparse.Namespace, method: str = "simclr") -> dict:
+    """Where the time of a step goes (torch.profiler over a short run): GPU time per trainer phase."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="resnet18", steps=args.profile_steps,
+                              batch_size=args.batch_size, device="cuda", log_every=args.profile_steps)
+    selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, evaluate=False, show_progress=False,
+                  data=dataset)  # warm-up: cuDNN autotuning
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, evaluate=False, show_progress=False,
+                      data=dataset)
+    events = prof.key_averages()
+    table = events.table(sort_by="self_device_time_total", row_limit=30)
+    (RESULTS / f"gpu_profile_{method}.txt").write_text(table + "\n")
+    # kernel time by trainer phase: the kernels launched inside each record_function range of the step
+    # (views are made inside "forward"; the autograd thread's kernels, outside every range, are "backward")
+    cpu = torch.autograd.DeviceType.CPU
+    ranges = [e for e in prof.events() if e.device_type == cpu and e.name in ("augment", "forward", "optimizer",
+                                                                             "after_step")]
+    per_step = 1e3 * args.profile_steps
+    kernels = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    gpu_ms = {n: round(sum(e.device_time_total for e in ranges if e.name == n) / per_step, 2)
+              for n in ("augment", "forward", "optimizer", "after_step")}
+    gpu_ms["backward"] = round(kernels / per_step - gpu_ms["forward"] - gpu_ms["optimizer"] - gpu_ms["after_step"], 2)
+    gpu_ms["forward"] = round(gpu_ms["forward"] - gpu_ms["augment"], 2)  # backbone, heads and loss only
+    cpu_ms = {n: round(sum(e.cpu_time_total for e in ranges if e.name == n) / per_step, 2)
+              for n in ("augment", "forward", "optimizer", "after_step")}
+    return dict(method=method, steps=args.profile_steps, gpu_kernel_ms_per_step=gpu_ms, host_ms_per_step=cpu_ms,
+                gpu_busy_ms_per_step=round(kernels / per_step, 2),
+                note="kernel time, not wall time; host time is under the profiler, which slows the host")
+
+
+def gpu(args: argparse.Namespace) -> None:
+    """Issue 3's GPU table: SimCLR and BYOL speed, lightly side by side, sync points and a profile."""
+    if not torch.cuda.is_available():
+        raise SystemExit("the gpu target needs a CUDA GPU")
+    path = RESULTS / "gpu.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.update(name="gpu", **environment(), dataset="CIFAR-10", backbone="resnet18 (CIFAR stem)",
+                  batch_size=args.batch_size, steps=args.steps)
+    dataset = load_data(args.data)
+    for part in args.parts.split(","):
+        print(f"--- {part}", flush=True)
+        if part in ("simclr", "byol", "moco", "barlow"):
+            result.setdefault("speed", {})[part] = gpu_speed(dataset, part, args)
+        elif part == "simclr-compile":
+            result.setdefault("speed", {})[part] = gpu_speed(dataset, "simclr", args, compile=True)
+        elif part == "lightly":
+            out = Path(tempfile.mkdtemp())
+            subprocess.run([args.lightly_python, str(HERE / "lightly_simclr.py"), "--data", args.data, "--steps",
+                            str(args.steps), "--batch-size", str(args.batch_size), "--out", str(out), "--device",
+                            "cuda", "--backbone", "resnet18", "--workers", str(args.workers), "--warmup-steps",
+                            str(args.window)], check=True)
+            t = json.loads((out / "timing.json").read_text())
+            result["lightly"] = dict(version=t["lightly_version"], workers=args.workers,
+                                     samples_per_second=round(t["samples_per_second"]),
+                                     peak_memory_gib=round(t["peak_memory_gib"], 2), timed_steps=t["timed_steps"])
+        elif part == "sync":
+            result["sync_points"] = sync_points(dataset, args)
+        elif part == "profile":
+            result["profile"] = profile_step(dataset, args)
+        result.setdefault("measured_at", {})[part] = result["commit"]  # which commit measured which part
+        print(json.dumps({k: result.get(k) for k in ("speed", "lightly", "sync_points", "profile")}), flush=True)
+        save(result, "gpu")
+
+
+def gpu_accuracy(args: argparse.Namespace) -> None:
+    """A full recipe on one GPU (e.g. SimCLR ResNet-18, 200 epochs): kNN and linear top-1, wall time."""
+    if not torch.cuda.is_available():
+        raise SystemExit("the gpu-accuracy target needs a CUDA GPU")
+    from selfsup.config import config_from_dict, load_config
+
+    env = environment()
+    cfg = config_from_dict({**load_config(args.config), "data": args.data, "device": "cuda"})
+    if args.epochs:
+        cfg.epochs = args.epochs
+    start = time.perf_counter()
+    m = selfsup.train(cfg, args.out, overwrite=True, show_progress=False).metrics
+    name = Path(args.config).stem
+    path = RESULTS / "gpu_accuracy.json"
+    result = json.loads(path.read_text()) if path.exists() else dict(name="gpu-accuracy", runs={})
+    result["runs"][name] = dict(**env, config=args.config, wall_seconds=round(time.perf_counter() - start, 1),
+                                **{k: m[k] for k in ("method", "epochs", "batch_size", "knn_top1", "linear_top1",
+                                                     "random_init_knn_top1", "random_init_linear_top1",
+                                                     "train_seconds", "samples_per_second")})
+    print(json.dumps(result["runs"][name]), flush=True)
+    save(result, "gpu_accuracy")
 
 
 def save(result: dict, name: str) -> None:
@@ -210,11 +367,29 @@ def main() -> None:
     c.add_argument("--speed-steps", type=int, default=30)
     c.add_argument("--rounds", type=int, default=3)
     c.set_defaults(fn=cpu_simclr)
-    g = sub.add_parser("gpu-simclr", help="SimCLR ResNet-18 CIFAR-10 on one GPU")
+    c = sub.add_parser("cpu-methods", help="every contrastive/siamese method on CIFAR-10, CPU, small convnet")
+    c.add_argument("--data", default="../shared/data/cifar10")
+    c.add_argument("--steps", type=int, default=1000)
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--methods", default=",".join(CPU_METHODS))
+    c.add_argument("--force", action="store_true", help="re-run methods already in the JSON")
+    c.set_defaults(fn=cpu_methods)
+    g = sub.add_parser("gpu", help="GPU speed: SimCLR/BYOL ResNet-18 CIFAR-10, lightly side by side, profile")
     g.add_argument("--data", default="../shared/data/cifar10")
-    g.add_argument("--steps", type=int, default=500)
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--window", type=int, default=25, help="steps per speed window (the first is warm-up)")
     g.add_argument("--batch-size", type=int, default=512)
-    g.set_defaults(fn=gpu_simclr)
+    g.add_argument("--parts", default="sync,simclr,byol,lightly,profile,simclr-compile")
+    g.add_argument("--lightly-python", default=sys.executable)
+    g.add_argument("--workers", type=int, default=16, help="lightly's DataLoader workers")
+    g.add_argument("--profile-steps", type=int, default=20)
+    g.set_defaults(fn=gpu)
+    g = sub.add_parser("gpu-accuracy", help="train one recipe on one GPU and record kNN / linear top-1")
+    g.add_argument("--config", default="recipes/cifar10/simclr.yaml")
+    g.add_argument("--data", default="../shared/data/cifar10")
+    g.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    g.add_argument("--out", default="runs/gpu-accuracy")
+    g.set_defaults(fn=gpu_accuracy)
     sub.add_parser("table", help="rebuild results/README.md from the JSON files").set_defaults(fn=write_table)
     args = p.parse_args()
     if args.target != "table" and not Path(getattr(args, "data", ".")).exists():

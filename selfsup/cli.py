@@ -52,6 +52,7 @@ def _train_parser(sub) -> None:
     a("--download", action="store_true", help="allow torchvision datasets to be downloaded")
     a("--no-eval", action="store_true", help="skip the kNN / linear evaluation at the start and the end")
     a("--no-sync-bn", action="store_true", help="under torchrun: keep per-process batch norm (default: global BN)")
+    a("--compile", action="store_true", help="torch.compile the backbone (GPU; a minute of compiling up front)")
     a("--quiet", action="store_true", help="no progress bar")
 
 
@@ -134,6 +135,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 values["steps" if key == "epochs" else "epochs"] = None
     values["download"] = values["download"] or args.download
     values["sync_bn"] = values["sync_bn"] and not args.no_sync_bn
+    values["compile"] = values["compile"] or args.compile
     cfg = config_from_dict(values)
     run = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval,
                 show_progress=not args.quiet)

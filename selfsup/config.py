@@ -34,6 +34,7 @@ class TrainConfig:
     log_every: int = 10  # steps between loss syncs / log rows
     download: bool = False
     sync_bn: bool = True  # under DDP: batch norm over the global batch
+    compile: bool = False  # torch.compile the backbone (GPU; pays off on long runs)
     method_args: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
 

@@ -33,7 +33,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     idx = _global_index(n, z1.device)
     anchors = torch.cat([idx, idx + total])  # each local anchor's own column
     positives = torch.cat([idx + total, idx])
-    logits[torch.arange(2 * n, device=z1.device), anchors] = float("-inf")
+    logits.scatter_(1, anchors[:, None], float("-inf"))  # a scalar fill: no host-to-device copy
     return F.cross_entropy(logits, positives)
 
 
@@ -138,6 +138,7 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 0
     if mining == "hard":
         neg = dist_an.masked_fill(own[:, None] == torch.arange(total, device=a.device), float("inf")).min(1).values
     else:  # a random other sample: own position shifted by 1 .. total - 1
-        shift = torch.randint(1, total, (a.shape[0],), generator=generator).to(a.device)
+        shift = torch.randint(1, total, (a.shape[0],), generator=generator,
+                              device=generator.device if generator is not None else None).to(a.device)
         neg = dist_an.gather(1, ((own + shift) % total)[:, None]).squeeze(1)
     return F.relu(1 - (a * p).sum(1) - neg + margin).mean()

@@ -197,8 +197,16 @@ def test_hue_of_pure_and_grey_colours():
     assert_close(out[:, :, :, 6:], x[:, :, :, 6:], atol=0, rtol=0)  # greys have no hue
 
 
+@pytest.fixture(params=[False, True], ids=["subset", "dense"])
+def masked_path(request, monkeypatch):
+    """Run masked ops both ways: on the selected sub-batch (CPU) and on the whole batch, keeping the
+    selected samples (what a GPU mask does, to avoid a host sync); both must match torchvision."""
+    monkeypatch.setattr(A, "_dense", lambda mask: request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_color_jitter_applies_each_sample_its_own_order(seed):
+def test_color_jitter_applies_each_sample_its_own_order(seed, masked_path):
     x = torch.cat([_images(seed, 12, 16, 20), _with_ties(seed, 12, 16, 20)])
     params = A.sample_color_jitter(24, 0.6, 0.6, 0.6, 0.3, generator=_gen(seed))
     apply = A.sample_flags(24, 0.8, _gen(seed + 1))
@@ -244,7 +252,7 @@ def test_sample_flags_probability(p):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("kernel_size", [3, 5, 9])
-def test_gaussian_blur_matches_torchvision(seed, kernel_size):
+def test_gaussian_blur_matches_torchvision(seed, kernel_size, masked_path):
     x = _images(seed, 8, 20, 36)
     sigmas = torch.rand(8, generator=_gen(seed)) * 1.9 + 0.1
     flags = A.sample_flags(8, 0.5, _gen(seed + 1))

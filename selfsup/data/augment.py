@@ -11,6 +11,7 @@ ICML 2020).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,13 +46,28 @@ def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Gen
     return torch.rand(shape, generator=generator, device=device, dtype=dtype) * (high - low) + low
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, made once per device (a fresh host-to-GPU copy every step would sync)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _dense(mask: Tensor) -> bool:
+    """Whether masked ops run on the whole batch and keep the masked samples (accelerators: finding the
+    masked indices would synchronise with the host) rather than on the selected sub-batch (CPU: less work)."""
+    return mask.device.type != "cpu"
+
+
 def _update_subset(out: Tensor, mask: Tensor, fn: Callable[..., Tensor], *per_sample: Tensor) -> None:
     """In place, ``out[i] = fn(out[i], *(a[i] for a in per_sample))`` for the samples ``i`` where ``mask``.
 
-    ``fn`` runs once on the selected sub-batch. The mask and the per-sample values may live on another
-    device than ``out`` (e.g. sampled on CPU for a CUDA batch): the indices are found where the mask is,
-    so a CPU mask costs no device synchronisation.
+    On the CPU ``fn`` runs once on the selected sub-batch; the mask and the per-sample values may live on
+    another device than ``out``. With a mask on the GPU (:func:`_dense`), ``fn`` runs on the whole batch
+    and the masked samples are kept: the same result with no host synchronisation.
     """
+    if _dense(mask):
+        out.copy_(_select(mask, fn(out, *(_move(a, out.device) for a in per_sample)), out))
+        return
     idx = mask.nonzero().squeeze(1)
     if idx.numel() == 0:
         return
@@ -92,8 +108,8 @@ def to_float(images: Tensor) -> Tensor:
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Per-channel ``(x - mean) / std`` of a float batch, as torchvision ``normalize``."""
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    mean_t = _constant(tuple(mean), images.dtype, images.device).view(-1, 1, 1)
+    std_t = _constant(tuple(std), images.dtype, images.device).view(-1, 1, 1)
     return (images - mean_t) / std_t
 
 
@@ -143,9 +159,10 @@ def sample_resized_crop(batch: int, height: int, width: int, scale: tuple[float,
         fb_w, fb_h = round(height * max(ratio)), height
     else:
         fb_w, fb_h = width, height
-    fallback = torch.tensor([(height - fb_h) // 2, (width - fb_w) // 2, fb_h, fb_w], dtype=torch.float64)
-    boxes = torch.cat([top_left, h[:, None], w[:, None]], 1)
-    boxes = torch.where(fits.any(1, keepdim=True), boxes, fallback.to(boxes.device))
+    fallback = ((height - fb_h) // 2, (width - fb_w) // 2, fb_h, fb_w)
+    fit = fits.any(1)
+    boxes = torch.stack([torch.where(fit, col, float(fb)) for col, fb in
+                         zip((top_left[:, 0], top_left[:, 1], h, w), fallback, strict=True)], 1)
     return _move(boxes.to(torch.float32), device)
 
 
@@ -250,7 +267,7 @@ def adjust_hue(images: Tensor, factors: Tensor) -> Tensor:
     # float only avoids 0 / 0 and moves the output by less than that chroma
     hue.div_(chroma.clamp(min=torch.finfo(images.dtype).tiny).mul_(6.0))
     hue.add_(factors.to(images.dtype).view(-1, 1, 1))
-    offsets = torch.tensor([1 / 2, 1 / 6, -1 / 6], dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    offsets = _constant((1 / 2, 1 / 6, -1 / 6), images.dtype, images.device).view(1, 3, 1, 1)
     # |frac| of a negative number is 1 - its fractional part: the |. - 1/2| fold below is symmetric in that
     ramp = (hue.unsqueeze(1) + offsets).frac_().abs_().sub_(0.5).abs_().mul_(-6.0).add_(2.0).clamp_(0.0, 1.0)
     return ramp.mul_(chroma.unsqueeze(1)).add_(minc.unsqueeze(1))

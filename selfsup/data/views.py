@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment, normalize, resize
 from selfsup.engine.distributed import rank, world_size
@@ -23,7 +24,8 @@ def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: to
 def augmented_views(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
                     n: int = 2) -> torch.Tensor:
     """``n`` independently augmented views of every image, normalised, stacked as ``(n * B, 3, size, size)``."""
-    return prepare(torch.cat([augmented(images, cfg, size, generator) for _ in range(n)]))
+    with record_function("augment"):
+        return prepare(torch.cat([augmented(images, cfg, size, generator) for _ in range(n)]))
 
 
 def eval_view(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -82,7 +82,8 @@ def batch_shuffle(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     is broadcast, and each rank keeps its slice of the permuted batch (MoCo's ``_batch_shuffle_ddp``).
     """
     xs = gather(x)
-    perm = torch.randperm(xs.shape[0], generator=generator).to(x.device)
+    perm = torch.randperm(xs.shape[0], generator=generator,
+                          device=generator.device if generator is not None else None).to(x.device)
     if is_distributed():
         dist.broadcast(perm, 0)
     mine = perm.view(world_size(), -1)[rank()]

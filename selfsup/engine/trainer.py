@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from selfsup.config import TrainConfig, config_from_dict, validate
@@ -157,6 +158,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         method = convert_sync_batchnorm(method)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    if cfg.compile:
+        method.backbone.compile()  # in place: state_dict keys and checkpoints are unchanged
     model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
                 **NO_BUFFER_SYNC) if world > 1 else method
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
@@ -199,24 +203,28 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     last = total if stop_at is None else min(total, stop_at)
     for step in range(start, last):
         epoch, pos = divmod(step, per_epoch)
-        if order is None or pos == 0:
-            order = _epoch_order(len(images), cfg.seed, epoch)
+        if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
+            order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
         # this rank's slice of the global batch: disjoint shards, together exactly one global batch
         local = cfg.batch_size // world
         first = pos * cfg.batch_size + rank() * local
-        idx = order[first : first + local].to(device, non_blocking=True)
-        batch = Batch(images=images[idx].to(device, non_blocking=True),
-                      labels=None if labels is None else labels[idx], indices=idx,
-                      generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), progress=step / total)
+        idx = order[first : first + local]
+        # augmentation parameters are drawn where the images are: no host-device traffic in the step
+        generator = torch.Generator(images.device).manual_seed(cfg.seed * 1_000_003 + step)
+        batch = Batch(images=images[idx], labels=None if labels is None else labels[idx], indices=idx.to(device),
+                      generator=generator, progress=step / total)
         lr = lr_at(step, total, cfg.lr, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast(device):
+        with autocast(device), record_function("forward"):  # views, backbone, heads, loss
             loss = model(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.after_step((step + 1) / total)
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            optimizer.step()
+        with record_function("after_step"):
+            method.after_step((step + 1) / total)
         epoch_end = pos == per_epoch - 1 or step + 1 == last
         if logger.add(loss.detach(), flush=epoch_end):
             monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable

@@ -28,9 +28,9 @@ def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
     if size % n:
         raise UserError(f"moco: the queue size {size} must be divisible by the number of keys enqueued per "
                         f"step ({n} = the global batch, twice that with symmetric=true); change queue_size")
-    start = int(ptr)
-    queue[start : start + n] = keys
-    ptr.fill_((start + n) % size)
+    rows = torch.arange(n, device=queue.device).add_(ptr).remainder_(size)  # on the device: no host sync
+    queue.index_copy_(0, rows, keys.to(queue.dtype))
+    ptr.add_(n).remainder_(size)
 
 
 class MoCo(Method):

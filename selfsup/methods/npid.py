@@ -50,7 +50,8 @@ class NPID(Method):
         self._pending = (gather(batch.indices), gather(features.detach().float()))
         if self.negatives <= 0 or self.negatives >= self.num_samples:
             return instance_softmax(features, self.bank, batch.indices, self.temperature)
-        sampled = torch.randint(self.num_samples, (self.negatives,), generator=batch.generator).to(self.bank.device)
+        sampled = torch.randint(self.num_samples, (self.negatives,), generator=batch.generator,
+                                device=batch.generator.device).to(self.bank.device)
         return info_nce(features, self.bank[batch.indices], self.bank[sampled], self.temperature)
 
     @torch.no_grad()

@@ -1,0 +1,60 @@
+"""Pack a folder tree of image files into one file, and unpack it again, byte for byte.
+
+The GPU machine cannot see ``../shared``; 60,000 small CIFAR-10 JPEGs travel to it as one file of
+their concatenated bytes (about 55 MB) and are unpacked there into the same folder tree::
+
+    python benchmarks/pack_images.py pack ../shared/data/cifar10 carry/cifar10.pack
+    python benchmarks/pack_images.py unpack carry/cifar10.pack /tmp/cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def pack(root: Path, dest: Path) -> int:
+    """Write every file under ``root`` (relative paths and bytes) into ``dest``; returns the file count."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    blobs = [p.read_bytes() for p in files]
+    names = "\n".join(str(p.relative_to(root)) for p in files).encode()
+    offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, names=np.frombuffer(names, np.uint8), offsets=offsets,
+                 data=np.frombuffer(b"".join(blobs), np.uint8))
+    tmp.replace(dest)
+    return len(files)
+
+
+def unpack(src: Path, root: Path) -> int:
+    """Recreate the packed tree under ``root``; returns the file count."""
+    z = np.load(src)
+    names = z["names"].tobytes().decode().split("\n")
+    offsets, data = z["offsets"], z["data"]
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[offsets[i]:offsets[i + 1]].tobytes())
+    return len(names)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("pack")
+    a.add_argument("root", type=Path)
+    a.add_argument("dest", type=Path)
+    b = sub.add_parser("unpack")
+    b.add_argument("src", type=Path)
+    b.add_argument("root", type=Path)
+    args = p.parse_args()
+    n = pack(args.root, args.dest) if args.cmd == "pack" else unpack(args.src, args.root)
+    print(f"{args.cmd}ed {n} files")
+
+
+if __name__ == "__main__":
+    main()
