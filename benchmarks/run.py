@@ -316,6 +316,79 @@ def gpu_accuracy(args: argparse.Namespace) -> None:
     save(result, "gpu_accuracy")
 
 
+def _make_jpeg(args: tuple[Path, int]) -> None:
+    """A photo-like synthetic 500x375 JPEG: smooth colour fields plus fine grain (quality 90)."""
+    import numpy as np
+    from PIL import Image
+
+    path, seed = args
+    rng = np.random.default_rng(seed)
+    low = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    grain = rng.normal(0, 12, (375, 500, 3))
+    Image.fromarray(np.clip(np.asarray(low) + grain, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def make_jpeg_folder(root: Path, n: int, classes: int = 10) -> None:
+    """``root/train/c*/*.jpg``: ``n`` synthetic ImageNet-sized JPEGs, written in parallel."""
+    from multiprocessing import Pool
+
+    jobs = []
+    for i in range(n):
+        d = root / "train" / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        jobs.append((d / f"{i:07d}.jpg", i))
+    with Pool() as pool:
+        pool.map(_make_jpeg, jobs, chunksize=64)
+
+
+def gpu_jpeg(args: argparse.Namespace) -> None:
+    """ResNet-50 SimCLR at 224 px from a folder of JPEGs, streamed: what bounds it, decoding or compute?
+
+    Three numbers: training samples/s from the folder (workers decode + resize, the GPU does the rest);
+    the workers' decode rate alone (images/s, no training); and training samples/s on the same images
+    already on the GPU (compute alone). The smaller of the last two is the bound."""
+    import csv
+
+    from selfsup.data.sources import Dataset, ImageSet
+
+    if not torch.cuda.is_available():
+        raise SystemExit("the gpu-jpeg target needs a CUDA GPU")
+    root = Path(args.folder)
+    if not (root / "train").is_dir():
+        make_jpeg_folder(root, args.make)
+    env = environment()
+    data = load_data(str(root / "train"), 224, stream=True)
+    images = data.pretrain.images
+    n_bytes = sum(Path(p).stat().st_size for p in images.paths[:1000]) / min(1000, len(images))
+
+    def speed(dataset) -> float:
+        out = Path(tempfile.mkdtemp())
+        cfg = selfsup.TrainConfig(method="simclr", data=str(root / "train"), backbone="resnet50", steps=args.steps,
+                                  batch_size=args.batch_size, image_size=224, device="cuda", log_every=args.window,
+                                  workers=args.workers, augment={"blur_p": 0.5})
+        selfsup.train(cfg, out, overwrite=True, evaluate=False, show_progress=False, data=dataset)
+        with open(out / "metrics.csv") as f:
+            windows = [float(r["samples_per_second"]) for r in csv.DictReader(f)][1:]
+        return sorted(windows)[len(windows) // 2]
+
+    from_folder = speed(data)
+    order = torch.randperm(len(images))[: args.steps * args.batch_size]
+    start, n = time.perf_counter(), 0
+    for _, x, _ in images.batches(order, 0, args.batch_size, args.workers, True):
+        n += len(x)
+    decode = n / (time.perf_counter() - start)
+    resident = images[torch.arange(min(len(images), 4096))]
+    on_gpu = speed(Dataset("resident", pretrain=ImageSet(resident)))
+    result = dict(name="gpu-jpeg", **env, backbone="resnet50", method="simclr", image_size=224,
+                  batch_size=args.batch_size, workers=args.workers, images=len(images),
+                  mean_jpeg_kib=round(n_bytes / 1024, 1), jpeg_size="500x375 synthetic",
+                  train_samples_per_second_from_jpeg=round(from_folder), decode_images_per_second=round(decode),
+                  train_samples_per_second_on_gpu=round(on_gpu),
+                  bound="decode" if decode < on_gpu else "compute")
+    print(json.dumps(result), flush=True)
+    save(result, "gpu_jpeg")
+
+
 def save(result: dict, name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -390,9 +463,17 @@ def main() -> None:
     g.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     g.add_argument("--out", default="runs/gpu-accuracy")
     g.set_defaults(fn=gpu_accuracy)
+    g = sub.add_parser("gpu-jpeg", help="ResNet-50 224 px from a JPEG folder: decode- or compute-bound?")
+    g.add_argument("--folder", default="/tmp/jpeg", help="root with train/<class>/*.jpg (made if missing)")
+    g.add_argument("--make", type=int, default=20000, help="synthetic JPEGs to write when the folder is missing")
+    g.add_argument("--steps", type=int, default=60)
+    g.add_argument("--window", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--workers", type=int, default=15)
+    g.set_defaults(fn=gpu_jpeg)
     sub.add_parser("table", help="rebuild results/README.md from the JSON files").set_defaults(fn=write_table)
     args = p.parse_args()
-    if args.target != "table" and not Path(getattr(args, "data", ".")).exists():
+    if args.target not in ("table", "gpu-jpeg") and not Path(getattr(args, "data", ".")).exists():
         raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders")
     args.fn(args)
 

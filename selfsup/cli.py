@@ -53,6 +53,9 @@ def _train_parser(sub) -> None:
     a("--no-eval", action="store_true", help="skip the kNN / linear evaluation at the start and the end")
     a("--no-sync-bn", action="store_true", help="under torchrun: keep per-process batch norm (default: global BN)")
     a("--compile", action="store_true", help="torch.compile the backbone (GPU; a minute of compiling up front)")
+    a("--stream", action="store_true", help="decode folder images on demand in DataLoader workers instead of once "
+      "into memory (automatic above $SELFSUP_MAX_MEMORY_GB, default 16; wds: shards always stream)")
+    a("--workers", type=int, default=None, help="DataLoader workers that decode streamed images (default 8)")
     a("--quiet", action="store_true", help="no progress bar")
 
 
@@ -116,6 +119,36 @@ def _use_parsers(sub) -> None:
     p.add_argument("--k", type=_positive, default=8, help="neighbours per query (default 8)")
     p.add_argument("--out", required=True, help="the grid: .png, .jpg, .pdf or .svg; the CSV gets its name with .csv")
     _compute_args(p)
+    p = sub.add_parser("shards", help="pack a folder of images into tar shards for streaming (wds: SPEC)",
+                       description="Write the images of a folder (their file bytes, unchanged) into WebDataset-style "
+                                   "tar shards, with a .cls label member per image when the folder has class "
+                                   "subfolders. Prints the wds: SPEC that trains on them.")
+    p.add_argument("folder", help="folder of images (class subfolders give labels)")
+    p.add_argument("out", help="folder to write shard-000000.tar, shard-000001.tar, ... into")
+    p.add_argument("--per-shard", type=_positive, default=1000, help="images per shard (default 1000)")
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    from selfsup.data.folder import IMAGE_EXTENSIONS, _images_in
+    from selfsup.data.stream import shard_spec, write_shards
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        raise UserError(f"'{root}' is not a folder")
+    files = _images_in(root)
+    if not files:
+        raise UserError(f"no images found in '{root}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"'{out}' is a file, not a folder")
+    labels = None
+    if all(f.parent != root for f in files):
+        classes = sorted({f.parent.name for f in files})
+        labels = [classes.index(f.parent.name) for f in files]
+    shards = write_shards(files, labels, out, args.per_shard)
+    print(f"{len(files)} images{' with labels' if labels else ''} in {len(shards)} shard(s); train on them with\n"
+          f"  selfsup train --data '{shard_spec(shards)}'")
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -127,7 +160,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.config:
         values.update(load_config(args.config))
     for key in ("method", "data", "backbone", "epochs", "steps", "batch_size", "lr", "weight_decay", "optimizer",
-                "image_size", "seed", "knn_every", "device"):
+                "image_size", "seed", "knn_every", "device", "workers"):
         v = getattr(args, key)
         if v is not None:
             values[key] = v
@@ -136,6 +169,7 @@ def _run_train(args: argparse.Namespace) -> int:
     values["download"] = values["download"] or args.download
     values["sync_bn"] = values["sync_bn"] and not args.no_sync_bn
     values["compile"] = values["compile"] or args.compile
+    values["stream"] = values["stream"] or args.stream
     cfg = config_from_dict(values)
     run = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval,
                 show_progress=not args.quiet)
@@ -266,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         return {"train": _run_train, "eval": _run_eval, "methods": _run_methods, "embed": _run_embed,
-                "export": _run_export, "retrieve": _run_retrieve}[args.command](args)
+                "export": _run_export, "retrieve": _run_retrieve, "shards": _run_shards}[args.command](args)
     except UserError as e:
         _say(f"selfsup: error: {e}")
         return 2

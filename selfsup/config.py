@@ -35,6 +35,8 @@ class TrainConfig:
     download: bool = False
     sync_bn: bool = True  # under DDP: batch norm over the global batch
     compile: bool = False  # torch.compile the backbone (GPU; pays off on long runs)
+    stream: bool = False  # decode folder images on demand in DataLoader workers (automatic for large folders)
+    workers: int = 8  # DataLoader worker processes for streamed data
     method_args: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +75,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no data: positive numbers, known names."""
+    if not isinstance(cfg.workers, int) or cfg.workers < 0:
+        raise UserError(f"--workers must be a non-negative integer (got {cfg.workers})")
     for name in ("epochs", "steps", "batch_size", "image_size", "log_every"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v <= 0):

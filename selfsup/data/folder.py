@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from selfsup.data.sources import Dataset, ImageSet, stratified_split
+from selfsup.data.stream import FileImages
 from selfsup.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -92,7 +93,8 @@ def decode_files(files: list[Path], size: int, desc: str) -> tuple[torch.Tensor,
     return torch.from_numpy(images), kept, skipped
 
 
-def _load_split(folder: Path, size: int | None, classes: list[str] | None = None) -> tuple[ImageSet, list[str], int]:
+def _load_split(folder: Path, size: int | None, classes: list[str] | None = None,
+                stream: bool = False) -> tuple[ImageSet, list[str], int]:
     """One folder: class subfolders give labels, images directly inside make it unlabeled."""
     if not folder.is_dir():
         raise UserError(f"data folder '{folder}' does not exist")
@@ -109,6 +111,12 @@ def _load_split(folder: Path, size: int | None, classes: list[str] | None = None
             labels += [classes.index(d.name)] * len(found)
     else:
         files, labels, classes = _images_in(folder), None, None
+    if not files:
+        raise UserError(f"no images found in '{folder}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    size = size or _common_size(files)
+    if stream or len(files) * 3 * size * size > max_decoded_bytes():
+        label_t = None if labels is None else torch.tensor(labels, dtype=torch.long)
+        return ImageSet(FileImages(files, size), label_t, classes, [str(f) for f in files]), [], size
     images, kept, skipped, size = _decode_found(files, folder, size)
     label_t = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.long)
     return ImageSet(images, label_t, classes, [str(files[i]) for i in kept]), skipped, size
@@ -149,7 +157,12 @@ def load_images(path: str | Path, size: int | None = None) -> ImageSet:
     return ImageSet(images, labels, classes, [str(f) for f in files])
 
 
-def load_folder_dataset(root: Path, image_size: int | None) -> Dataset:
+def max_decoded_bytes() -> int:
+    """Folders larger than this once decoded are streamed (``$SELFSUP_MAX_MEMORY_GB``, default 16)."""
+    return int(float(os.environ.get("SELFSUP_MAX_MEMORY_GB", 16)) * 2**30)
+
+
+def load_folder_dataset(root: Path, image_size: int | None, stream: bool = False) -> Dataset:
     """Resolve a folder SPEC into pretraining images and labeled evaluation splits."""
     if not root.exists():
         raise UserError(f"data folder '{root}' does not exist")
@@ -157,12 +170,12 @@ def load_folder_dataset(root: Path, image_size: int | None) -> Dataset:
         raise UserError(f"'{root}' is not a folder")
     eval_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and eval_dir is not None:
-        train, skipped, size = _load_split(root / "train", image_size)
-        test, skipped2, _ = _load_split(eval_dir, size, train.classes)
+        train, skipped, size = _load_split(root / "train", image_size, stream=stream)
+        test, skipped2, _ = _load_split(eval_dir, size, train.classes, stream=stream)
         ds = Dataset(str(root), pretrain=train, train=train if train.labeled else None,
                      test=test if test.labeled else None, skipped=skipped + skipped2)
     else:
-        full, skipped, _ = _load_split(root, image_size)
+        full, skipped, _ = _load_split(root, image_size, stream=stream)
         if full.labeled and len(full) >= 10:
             tr, te = stratified_split(full.labels, 0.2)
             train = full.subset(tr)

@@ -15,6 +15,7 @@ import torch
 
 from selfsup.errors import UserError
 
+DEFAULT_STREAM_SIZE = 224  # side streamed images are decoded to when no --image-size is given
 DATASETS = {
     "digits": "scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); ships offline",
     "cifar10": "CIFAR-10 via torchvision (32x32, 10 classes); --download fetches it",
@@ -27,7 +28,7 @@ DATASETS = {
 class ImageSet:
     """Images as a uint8 tensor ``(N, 3, H, W)``, optional int64 labels, class names and file paths."""
 
-    images: torch.Tensor
+    images: torch.Tensor  # or a lazily decoded stand-in (selfsup.data.stream) for sets too big for memory
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
     paths: list[str] | None = None
@@ -39,8 +40,17 @@ class ImageSet:
     def labeled(self) -> bool:
         return self.labels is not None
 
+    @property
+    def streamed(self) -> bool:
+        """Decoded on demand by DataLoader workers rather than held in memory."""
+        return not isinstance(self.images, torch.Tensor)
+
     def subset(self, idx: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images[idx], None if self.labels is None else self.labels[idx], self.classes,
+        from selfsup.data.stream import FileImages
+
+        images = FileImages([self.images.paths[i] for i in idx.tolist()], self.images.size) \
+            if isinstance(self.images, FileImages) else self.images[idx]
+        return ImageSet(images, None if self.labels is None else self.labels[idx], self.classes,
                         None if self.paths is None else [self.paths[i] for i in idx.tolist()])
 
 
@@ -133,12 +143,20 @@ def _torchvision(name: str, download: bool) -> Dataset:
     return Dataset(name, pretrain=pretrain, train=train, test=test)
 
 
-def load_data(spec: str, image_size: int | None = None, download: bool = False) -> Dataset:
-    """Resolve a data SPEC (``digits``, ``cifar10``, ``cifar100``, ``stl10`` or a folder path).
+def load_data(spec: str, image_size: int | None = None, download: bool = False, stream: bool = False) -> Dataset:
+    """Resolve a data SPEC (``digits``, ``cifar10``, ``cifar100``, ``stl10``, a folder path, or tar shards
+    ``wds:/path/shard-{000000..000099}.tar``).
 
-    ``image_size`` is the side folders are decoded to (shorter side resized, centre crop); named
-    datasets keep their native size and are resized on the fly.
+    ``image_size`` is the side folders and shards are decoded to (shorter side resized, centre crop);
+    named datasets keep their native size and are resized on the fly. ``stream``: decode a folder's
+    images on demand in DataLoader workers instead of once into memory (automatic for large folders;
+    shards always stream).
     """
+    if spec.startswith("wds:"):
+        from selfsup.data.stream import ShardImages
+
+        shards = ShardImages(spec[4:], image_size or DEFAULT_STREAM_SIZE)
+        return Dataset(spec, pretrain=ImageSet(shards, shards.labels))
     if spec == "digits":
         return load_digits()
     if spec in DATASETS:
@@ -147,4 +165,4 @@ def load_data(spec: str, image_size: int | None = None, download: bool = False) 
 
     if not (os.sep in spec or spec.startswith(".") or Path(spec).exists()):
         raise UserError(f"unknown dataset '{spec}': not one of {', '.join(DATASETS)} and no such folder")
-    return load_folder_dataset(Path(spec), image_size)
+    return load_folder_dataset(Path(spec), image_size, stream)

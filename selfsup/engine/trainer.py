@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import itertools
 import json
 import math
 import shutil
@@ -111,6 +112,33 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def _open_stream(pretrain, cfg: TrainConfig, epoch: int, pos: int, per_epoch: int, device: torch.device):
+    """Batches of a streamed set from step ``pos`` of ``epoch`` on, for this rank (see selfsup.data.stream).
+
+    A folder follows the same global order as in-memory data (exact resume, disjoint rank shards);
+    tar shards are dealt to ranks and workers per epoch, and a rank that runs out of batches before
+    the epoch's last step starts another pass."""
+    from selfsup.data.stream import FileImages
+
+    world, local, pin = world_size(), cfg.batch_size // world_size(), device.type == "cuda"
+    if isinstance(pretrain.images, FileImages):
+        order = _epoch_order(len(pretrain), cfg.seed, epoch)[: per_epoch * cfg.batch_size]
+        mine = order.view(per_epoch, world, local)[:, rank()].reshape(-1)
+        return pretrain.images.batches(mine, pos, local, cfg.workers, pin, pretrain.labels)
+
+    def passes():
+        for n in itertools.count():
+            got = False
+            for item in pretrain.images.batches(cfg.seed * 1_000_003 + epoch * 1009 + n, rank(), world,
+                                                pos if n == 0 else 0, local, cfg.workers, pin):
+                got = True
+                yield item
+            if not got:
+                raise UserError(f"the shards give process {rank()} no full batch of {local} images per worker; "
+                                "use fewer --workers or a smaller --batch-size")
+    return passes()
+
+
 def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = False,
                 resume: str | Path | None = None) -> tuple[TrainConfig, Path, dict | None]:
     """Validate everything that can be checked before touching the disk."""
@@ -145,7 +173,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     world, main = world_size(), is_main_process()
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
-    data = data or load_data(cfg.data, cfg.image_size, cfg.download)
+    data = data or load_data(cfg.data, cfg.image_size, cfg.download, cfg.stream)
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
         raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
@@ -184,8 +212,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     elif evaluate and data.evaluable:  # the lower bound: this very backbone before any training
         scores = probe(method.backbone, data.train, data.test, cfg.image_size, device)
         baseline = {f"random_init_{k}": v for k, v in scores.items()}
-    images = data.pretrain.images.to(device) if device.type == "cuda" else data.pretrain.images
-    labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None else None
+    streamed = data.pretrain.streamed
+    images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
+    labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None
     ckpt_path = out / FILENAME
     logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
 
@@ -198,21 +227,28 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes,
             num_samples=len(data.pretrain)))
 
-    order = None
+    order, stream, local = None, None, cfg.batch_size // world
     method.train()
     last = total if stop_at is None else min(total, stop_at)
     for step in range(start, last):
         epoch, pos = divmod(step, per_epoch)
-        if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
-            order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
-        # this rank's slice of the global batch: disjoint shards, together exactly one global batch
-        local = cfg.batch_size // world
-        first = pos * cfg.batch_size + rank() * local
-        idx = order[first : first + local]
-        # augmentation parameters are drawn where the images are: no host-device traffic in the step
-        generator = torch.Generator(images.device).manual_seed(cfg.seed * 1_000_003 + step)
-        batch = Batch(images=images[idx], labels=None if labels is None else labels[idx], indices=idx.to(device),
-                      generator=generator, progress=step / total)
+        # augmentation parameters are drawn on the device: no host-device traffic in the step
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+        if streamed:  # workers decode; pinned batches are copied without blocking
+            if stream is None or pos == 0:
+                stream = _open_stream(data.pretrain, cfg, epoch, pos, per_epoch, device)
+            idx, x, y = next(stream)
+            batch = Batch(images=x.to(device, non_blocking=True),
+                          labels=None if y is None else y.to(device, non_blocking=True),
+                          indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
+        else:
+            if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
+                order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
+            # this rank's slice of the global batch: disjoint shards, together exactly one global batch
+            first = pos * cfg.batch_size + rank() * local
+            idx = order[first : first + local]
+            batch = Batch(images=images[idx], labels=None if labels is None else labels[idx],
+                          indices=idx.to(device), generator=generator, progress=step / total)
         lr = lr_at(step, total, cfg.lr, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
