@@ -402,6 +402,12 @@ def augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Gene
     ``shard=(rank, world)``: the parameters are drawn for the global batch of ``world * B`` images and
     this rank keeps its slice, so N processes augment every sample exactly as one process would.
     """
+    with torch.autocast(images.device.type, enabled=False):  # exact float32 ops, also inside a bf16 step
+        return _augment(images, cfg, size, generator, shard)
+
+
+def _augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
+             shard: tuple[int, int]) -> Tensor:
     batch, _, height, width = images.shape
     device = images.device
     rank, world = shard
