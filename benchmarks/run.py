@@ -160,7 +160,7 @@ def cpu_methods(args: argparse.Namespace) -> None:
     result.update(name="cpu-methods", dataset="CIFAR-10 (JPEG folders)", backbone="small", steps=args.steps,
                   batch_size=args.batch_size)
     runs = result.setdefault("runs", {})
-    dataset = load_data(args.data)
+    env, dataset = environment(), load_data(args.data)  # the code that runs is the code at start
     for name in args.methods.split(","):
         if name in runs and not args.force:
             continue
@@ -170,7 +170,7 @@ def cpu_methods(args: argparse.Namespace) -> None:
         m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False, data=dataset).metrics
         runs[name] = dict(**{k: m[k] for k in ("knn_top1", "linear_top1", "random_init_knn_top1",
                                                "random_init_linear_top1", "train_seconds", "samples_per_second")},
-                          method=method, method_args=method_args, **environment())
+                          method=method, method_args=method_args, **env)
         print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f}"
               f" / {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s", flush=True)
         save(result, "cpu_methods")
@@ -420,13 +420,106 @@ def write_table(_: argparse.Namespace | None = None) -> None:
                      f"{au['lightly_views_per_second']} views/s: **{au['ratio']}x**.\n")
         if r.get("notes"):
             parts.append(f"Note: {r['notes']}\n")
-    gpu = RESULTS / "gpu_simclr.json"
-    if gpu.exists():
-        r = json.loads(gpu.read_text())
-        parts.append(f"## SimCLR, CIFAR-10, ResNet-18 (CIFAR stem), batch {r['batch_size']}, {r['gpu']}\n\n"
-                     f"{r['samples_per_second']:.0f} samples/s, {r['seconds_per_epoch']} s/epoch, "
-                     f"peak memory {r['peak_memory_gib']} GiB (commit {r['commit']}, {r['date']}).\n")
+    parts += _methods_section() + _gpu_sections()
     (RESULTS / "README.md").write_text("\n".join(parts))
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _md(header: list[str], rows: list[list]) -> str:
+    """A Markdown table with every cell printed as given (format_table would print floats as percentages)."""
+    return format_table(header, [[str(c) for c in row] for row in rows], markdown=True)
+
+
+def _methods_section() -> list[str]:
+    r = _load("cpu_methods")
+    if not r:
+        return []
+    runs = r["runs"]
+    any_run = next(iter(runs.values()))
+    rows = [[name, _pct(m["knn_top1"]), _pct(m["linear_top1"]), f"{m['samples_per_second']:.0f}", m["commit"]]
+            for name, m in runs.items()]
+    rows.append(["random init", _pct(any_run["random_init_knn_top1"]), _pct(any_run["random_init_linear_top1"]),
+                 "", ""])
+    return [f"## Every method, CIFAR-10, small convnet, batch {r['batch_size']}, {r['steps']} steps, CPU\n\n"
+            f"{any_run['cpu']} ({any_run['cpu_cores']} cores), torch {any_run['torch']}; "
+            "`python benchmarks/run.py cpu-methods`. kNN (k=200, T=0.1) and L-BFGS linear probe on the test set; "
+            "samples/s is one image with all its views.\n",
+            _md(["method", "kNN top-1 %", "linear top-1 %", "samples/s", "commit"], rows),
+            r.get("notes", "") + "\n"]
+
+
+def _gpu_sections() -> list[str]:
+    parts = []
+    r = _load("gpu")
+    if r:
+        rows = [[name, f"{m['samples_per_second']:,}", m["seconds_per_epoch"], m["minutes_for_200_epochs"],
+                 m["peak_memory_gib"], m["tflops"], _pct(m["mfu"]) if m["mfu"] else "", r["measured_at"].get(name, "")]
+                for name, m in r.get("speed", {}).items()]
+        if "lightly" in r:
+            lt = r["lightly"]
+            sps = lt["samples_per_second"]
+            rows.append([f"lightly {lt['version']} SimCLR ({lt['workers']} workers)", f"{sps:,}",
+                         round(50000 / sps, 2), round(200 * 50000 / sps / 60, 1), lt["peak_memory_gib"], "", "",
+                         r["measured_at"].get("lightly", "")])
+        parts += [f"## GPU speed: ResNet-18 (CIFAR stem), CIFAR-10, batch {r['batch_size']}, {r['gpu']}\n\n"
+                  f"torch {r['torch']}; `python benchmarks/run.py gpu` (median of {r['steps']}-step runs' log windows, "
+                  "first window left out). One sample = one image with both views. MFU: share of the datasheet dense "
+                  "bf16 peak (989 TFLOP/s), counting 0.56 GMAC per view forward, backward = 2x forward, plus the "
+                  "target network's forward for BYOL.\n",
+                  _md(["run", "samples/s", "s/epoch", "min / 200 epochs", "peak GiB", "TFLOP/s", "MFU %",
+                                "commit"], rows)]
+        if "lightly" in r and "simclr" in r.get("speed", {}):
+            ratio = r["speed"]["simclr"]["samples_per_second"] / r["lightly"]["samples_per_second"]
+            parts.append(f"\nselfsup SimCLR / lightly SimCLR, same backbone, batch, bf16 and channels_last: "
+                         f"**{ratio:.1f}x**. Speed history: {json.dumps(r.get('history', {}))}\n")
+        if r.get("sync_points"):
+            parts.append("Host-device synchronisations seen in 4 steps (`torch.cuda.set_sync_debug_mode`): "
+                         + ", ".join(r["sync_points"]) + " -- one-time moves, the per-epoch order, checkpoints "
+                         "and the loss read every `log_every` steps; none per step.\n")
+        if r.get("profile"):
+            pr = r["profile"]
+            rows = [[k, v, pr["host_ms_per_step"].get(k, "")] for k, v in pr["gpu_kernel_ms_per_step"].items()]
+            parts += [f"### Where a step's time goes (SimCLR, torch.profiler, {pr['steps']} steps)\n\n"
+                      f"GPU kernels busy {pr['gpu_busy_ms_per_step']} ms per step under the profiler. "
+                      f"{pr['note']}. Full table: `gpu_profile_simclr.txt`.\n",
+                      _md(["phase", "GPU kernel ms/step", "host ms/step"], rows), ""]
+    r = _load("gpu_accuracy")
+    if r:
+        rows = [[n, m["epochs"], m["batch_size"], _pct(m["knn_top1"]), _pct(m["linear_top1"]),
+                 _pct(m["random_init_knn_top1"]), round(m["train_seconds"] / 60, 1), f"{m['samples_per_second']:,.0f}",
+                 m["commit"]] for n, m in r["runs"].items()]
+        parts += ["## GPU accuracy: ResNet-18 (CIFAR stem), CIFAR-10, one H100\n\n"
+                  "`python benchmarks/run.py gpu-accuracy --config recipes/cifar10/<method>.yaml`\n",
+                  _md(["recipe", "epochs", "batch", "kNN %", "linear %", "random-init kNN %", "train min",
+                                "samples/s", "commit"], rows)]
+        if "diagnostics_25_epochs" in r:
+            d = r["diagnostics_25_epochs"]
+            rows = [[k, _pct(v["knn_top1"]), _pct(v["linear_top1"]), f"{v['samples_per_second']:,}"]
+                    for k, v in d.items() if isinstance(v, dict)]
+            parts += [f"\n{d['purpose']} (25 epochs each):\n",
+                      _md(["variant", "kNN %", "linear %", "samples/s"], rows),
+                      f"\n{d['conclusion']}.\n"]
+    r = _load("gpu_jpeg")
+    if r:
+        parts += [f"## ResNet-50 at 224 px from a JPEG folder, {r['gpu']}\n\n"
+                  f"`python benchmarks/run.py gpu-jpeg` ({r['images']:,} {r['jpeg_size']} JPEGs, mean "
+                  f"{r['mean_jpeg_kib']} KiB; SimCLR with blur, batch {r['batch_size']}, {r['workers']} decode "
+                  f"workers, commit {r['commit']}).\n",
+                  _md(["", "per second"], [
+                      ["training from the JPEG folder (samples)", f"{r['train_samples_per_second_from_jpeg']:,}"],
+                      ["decode workers alone (images)", f"{r['decode_images_per_second']:,}"],
+                      ["training on the same images resident on the GPU (samples)",
+                       f"{r['train_samples_per_second_on_gpu']:,}"]]),
+                  f"\nBound: **{r['bound']}**. {r.get('notes', '')}\n"]
+    return parts
 
 
 def main() -> None:
