@@ -1,13 +1,17 @@
 """Benchmark runner: measured numbers into benchmarks/results/*.json and a Markdown table.
 
-Targets (docs/benchmarks.md):
+Targets (the protocol of ../shared/docs, written down in benchmarks/results/README.md):
 
 * ``cpu-simclr``: SimCLR on CIFAR-10 (JPEG folders), the small convnet, batch 256, 1000 steps, kNN
   (k=200, T=0.1) on test, next to lightly 1.6's SimCLR with the same backbone, data and steps, run
   side by side on this machine. Records samples/s (one sample = one image with both views; speed
   windows alternate ours / lightly), final kNN and linear probe, random-init kNN, and the two-view
   augmentation throughput on one thread against lightly's per-image transform.
-* ``gpu-simclr``: SimCLR ResNet-18 (CIFAR stem) on CIFAR-10, batch 512: samples/s and s/epoch.
+* ``cpu-methods``: every contrastive / siamese method and supervised cross-entropy, same setting.
+* ``gpu``: SimCLR and BYOL, ResNet-18 (CIFAR stem), CIFAR-10, batch 512 on one GPU: samples/s, s/epoch,
+  peak memory, MFU; lightly's SimCLR side by side (16 workers); host-sync check; a profiled step.
+* ``gpu-accuracy``: one recipe end to end on one GPU (kNN and linear top-1, wall time).
+* ``gpu-jpeg``: ResNet-50 at 224 px streamed from a JPEG folder: decode- or compute-bound.
 
 lightly lives in a side virtualenv (never a selfsup dependency)::
 
@@ -24,6 +28,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import subprocess
@@ -141,12 +146,15 @@ def cpu_simclr(args: argparse.Namespace) -> None:
     save(result, "cpu_simclr")
 
 
-# the contrastive / siamese family on the CPU table (issue 4): name -> (method, method_args)
-CPU_METHODS: dict[str, tuple[str, dict]] = {
-    "simclr": ("simclr", {}), "mocov1": ("moco", {"version": 1}), "mocov2": ("moco", {"version": 2}),
-    "byol": ("byol", {}), "barlow": ("barlow", {}), "npid": ("npid", {}), "supcon": ("supcon", {}),
-    "triplet": ("triplet", {}), "supervised": ("supervised", {}),
+# the contrastive / siamese family on the CPU table (issue 4): name -> (method, method_args, other config)
+CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
+    "simclr": ("simclr", {}, {}), "mocov1": ("moco", {"version": 1}, {}), "mocov2": ("moco", {"version": 2}, {}),
+    "byol": ("byol", {}, {}), "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}), "supcon": ("supcon", {}, {}),
+    "triplet": ("triplet", {}, {}), "supervised": ("supervised", {}, {}),
+    # BYOL with lightly's CIFAR-10 optimiser instead of the paper's LARS (SGD 0.06 x batch/128, wd 5e-4)
+    "byol-sgd": ("byol", {}, {"optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4}),
 }
+DEFAULT_CPU_METHODS = "simclr,mocov1,mocov2,byol,barlow,npid,supcon,triplet,supervised"
 
 
 def cpu_methods(args: argparse.Namespace) -> None:
@@ -161,16 +169,33 @@ def cpu_methods(args: argparse.Namespace) -> None:
                   batch_size=args.batch_size)
     runs = result.setdefault("runs", {})
     env, dataset = environment(), load_data(args.data)  # the code that runs is the code at start
+    if args.speed_steps:  # a quiet pass: speed alone, every method back to back on an otherwise idle machine
+        for name in args.methods.split(","):
+            method, method_args, extra = CPU_METHODS[name]
+            cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="small", steps=args.speed_steps,
+                                      batch_size=args.batch_size, device="cpu", method_args=method_args,
+                                      log_every=max(1, args.speed_steps // 4), **extra)
+            out = Path(tempfile.mkdtemp())
+            selfsup.train(cfg, out, overwrite=True, evaluate=False, show_progress=False, data=dataset)
+            with open(out / "metrics.csv") as f:
+                windows = sorted(float(r["samples_per_second"]) for r in csv.DictReader(f))[1:]
+            runs.setdefault(name, {})["quiet_samples_per_second"] = round(windows[len(windows) // 2], 1)
+            runs[name]["quiet_commit"] = env["commit"]
+            print(f"{name}: {runs[name]['quiet_samples_per_second']} samples/s", flush=True)
+        result["quiet"] = dict(steps=args.speed_steps, date=env["date"], note="median log window of a short run "
+                               "per method, nothing else running; the full runs' samples/s shared the machine")
+        save(result, "cpu_methods")
+        return
     for name in args.methods.split(","):
         if name in runs and not args.force:
             continue
-        method, method_args = CPU_METHODS[name]
+        method, method_args, extra = CPU_METHODS[name]
         cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="small", steps=args.steps,
-                                  batch_size=args.batch_size, device="cpu", method_args=method_args)
+                                  batch_size=args.batch_size, device="cpu", method_args=method_args, **extra)
         m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False, data=dataset).metrics
         runs[name] = dict(**{k: m[k] for k in ("knn_top1", "linear_top1", "random_init_knn_top1",
                                                "random_init_linear_top1", "train_seconds", "samples_per_second")},
-                          method=method, method_args=method_args, **env)
+                          method=method, method_args=method_args, config=extra, **env)
         print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f}"
               f" / {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s", flush=True)
         save(result, "cpu_methods")
@@ -189,7 +214,6 @@ def _peak_flops() -> float | None:
 
 def gpu_speed(dataset, method: str, args: argparse.Namespace, compile: bool = False) -> dict:
     """Steady-state training speed of ``method`` (ResNet-18, CIFAR stem) on one GPU, from the trainer's own log."""
-    import csv
 
     out = Path(tempfile.mkdtemp())
     cfg = selfsup.TrainConfig(method=method, data=args.data, backbone="resnet18", steps=args.steps,
@@ -350,7 +374,6 @@ def gpu_jpeg(args: argparse.Namespace) -> None:
     Three numbers: training samples/s from the folder (workers decode + resize, the GPU does the rest);
     the workers' decode rate alone (images/s, no training); and training samples/s on the same images
     already on the GPU (compute alone). The smaller of the last two is the bound."""
-    import csv
 
     from selfsup.data.sources import Dataset, ImageSet
 
@@ -447,15 +470,16 @@ def _methods_section() -> list[str]:
         return []
     runs = r["runs"]
     any_run = next(iter(runs.values()))
-    rows = [[name, _pct(m["knn_top1"]), _pct(m["linear_top1"]), f"{m['samples_per_second']:.0f}", m["commit"]]
-            for name, m in runs.items()]
+    rows = [[name, _pct(m["knn_top1"]), _pct(m["linear_top1"]), f"{m['samples_per_second']:.0f}",
+             m.get("quiet_samples_per_second", ""), m["commit"]] for name, m in runs.items() if "knn_top1" in m]
     rows.append(["random init", _pct(any_run["random_init_knn_top1"]), _pct(any_run["random_init_linear_top1"]),
-                 "", ""])
+                 "", "", ""])
     return [f"## Every method, CIFAR-10, small convnet, batch {r['batch_size']}, {r['steps']} steps, CPU\n\n"
             f"{any_run['cpu']} ({any_run['cpu_cores']} cores), torch {any_run['torch']}; "
             "`python benchmarks/run.py cpu-methods`. kNN (k=200, T=0.1) and L-BFGS linear probe on the test set; "
             "samples/s is one image with all its views.\n",
-            _md(["method", "kNN top-1 %", "linear top-1 %", "samples/s", "commit"], rows),
+            _md(["method", "kNN top-1 %", "linear top-1 %", "samples/s (full run)", "samples/s (quiet)", "commit"],
+                rows),
             r.get("notes", "") + "\n"]
 
 
@@ -547,8 +571,10 @@ def main() -> None:
     c.add_argument("--data", default="../shared/data/cifar10")
     c.add_argument("--steps", type=int, default=1000)
     c.add_argument("--batch-size", type=int, default=256)
-    c.add_argument("--methods", default=",".join(CPU_METHODS))
+    c.add_argument("--methods", default=DEFAULT_CPU_METHODS, help=f"any of {', '.join(CPU_METHODS)}")
     c.add_argument("--force", action="store_true", help="re-run methods already in the JSON")
+    c.add_argument("--speed-steps", type=int, default=0,
+                   help="instead of the table: time N steps of every method on a quiet machine")
     c.set_defaults(fn=cpu_methods)
     g = sub.add_parser("gpu", help="GPU speed: SimCLR/BYOL ResNet-18 CIFAR-10, lightly side by side, profile")
     g.add_argument("--data", default="../shared/data/cifar10")

@@ -1,4 +1,4 @@
-"""The small CPU convnet of the benchmark protocol (docs/benchmarks.md)."""
+"""The small CPU convnet of the benchmark protocol (benchmarks/run.py cpu-simclr, cpu-methods)."""
 
 from __future__ import annotations
 
