@@ -83,3 +83,23 @@ def test_cli_under_torchrun(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 4 and "knn_top1" in metrics
     assert proc.stdout.count("random init") == 1  # one table, from rank 0
+
+
+def _tiny_rank(rank, out):
+    from selfsup.evaluate import extract_features
+
+    torch.manual_seed(0)
+    feats = extract_features(build_backbone("small"), load_data("digits").test.images[:1], image_size=8,
+                             device="cpu")
+    if rank == 0:
+        torch.save(feats, out)
+
+
+def test_feature_extraction_with_more_processes_than_images(tmp_path):
+    from selfsup.evaluate import extract_features
+
+    torch.manual_seed(0)
+    single = extract_features(build_backbone("small"), load_data("digits").test.images[:1], image_size=8,
+                              device="cpu")
+    run_ranks(_tiny_rank, 2, tmp_path / "f.pt")
+    torch.testing.assert_close(torch.load(tmp_path / "f.pt"), single)

@@ -158,3 +158,16 @@ def test_split_bn_equals_bn_on_each_sub_batch(splits):
 def test_split_bn_rejects_a_batch_that_does_not_split():
     with pytest.raises(ValueError, match="divisible by 4"):
         SplitBatchNorm2d(3, 4)(torch.randn(6, 3, 2, 2))
+
+
+def test_a_bad_moco_queue_size_is_refused_before_the_run_folder_is_written(tmp_path):
+    import selfsup
+
+    cfg = selfsup.TrainConfig(method="moco", data="digits", batch_size=48, steps=2,
+                              method_args={"queue_size": 100, "bn_splits": 1})
+    with pytest.raises(UserError, match=r"queue size 100 must be divisible.*\(48 = the global batch\)"):
+        selfsup.train(cfg, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg.method_args = {"queue_size": 144, "symmetric": True, "bn_splits": 1}  # 3 x 48, not a multiple of 96
+    with pytest.raises(UserError, match="96 = the global batch, twice that"):
+        selfsup.train(cfg, tmp_path / "run", show_progress=False)

@@ -182,6 +182,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
     method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
+    method.check_batch(cfg.batch_size)
     if world > 1 and cfg.sync_bn and cls.global_bn:
         method = convert_sync_batchnorm(method)
     if device.type == "cuda":

@@ -43,6 +43,9 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     n, share = len(images), -(-len(images) // world_size())
     mine = images[rank() * share : (rank() + 1) * share]
+    empty = len(mine) == 0  # more ranks than images: embed one image for the feature width, keep none
+    if empty:
+        mine = images[:1]
     was_training = backbone.training
     backbone.eval()
     out: list[list[torch.Tensor]] = []
@@ -54,7 +57,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
             out.append([f.float().cpu() for f in feats])
     finally:
         backbone.train(was_training)
-    cols = [torch.cat(parts) for parts in zip(*out)]
+    cols = [torch.cat(parts)[: 0 if empty else None] for parts in zip(*out)]
     if is_distributed():
         cols = [_gather_rows(c, share, n, device) for c in cols]
     return cols if stages else cols[0]

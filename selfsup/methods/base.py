@@ -51,6 +51,9 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.num_samples = num_samples  # size of the pretraining set (memory banks)
 
+    def check_batch(self, global_batch: int) -> None:
+        """Refuse (with a UserError) a global batch size this method cannot train with, before any step."""
+
     def training_step(self, batch: Batch) -> torch.Tensor:
         """Return the scalar loss for one batch."""
         raise NotImplementedError

@@ -73,6 +73,13 @@ class MoCo(Method):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._keys: torch.Tensor | None = None
 
+    def check_batch(self, global_batch: int) -> None:
+        per_step = global_batch * (2 if self.symmetric else 1)
+        if self.queue.shape[0] % per_step:
+            raise UserError(f"moco: the queue size {self.queue.shape[0]} must be divisible by the number of keys "
+                            f"enqueued per step ({per_step} = the global batch"
+                            f"{', twice that with symmetric=true' if self.symmetric else ''}); change queue_size")
+
     @torch.no_grad()
     def _key(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shuffled, unshuffle = batch_shuffle(x, generator)
