@@ -1,5 +1,7 @@
 """State that changes between steps: MoCo's queue and key encoder, NPID's memory bank, split and shuffled BN."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,22 @@ def test_npid_step_updates_only_its_rows(negatives):
     others[b.indices] = False
     assert torch.equal(m.bank[others], before[others])
     torch.testing.assert_close(m.bank.norm(dim=1), torch.ones(40))
+
+
+def test_npid_bank_starts_from_the_initial_features_without_touching_bn_statistics():
+    from selfsup.data.views import eval_view
+
+    torch.manual_seed(0)
+    m = NPID(build_backbone("small"), 256, 8, num_samples=40)
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    buffers = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
+    m.on_train_start(images, chunk=16)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in buffers.items())
+    for start in (0, 16, 32):  # each chunk embedded with its own batch statistics, like a training batch
+        ref = copy.deepcopy(m)  # a training-mode forward of its own moves running statistics: use a copy
+        with torch.no_grad():
+            rows = F.normalize(ref.head(ref.backbone(eval_view(images[start : start + 16], 8))), dim=1)
+        torch.testing.assert_close(m.bank[start : start + 16], rows)
 
 
 def test_npid_needs_the_dataset_size():

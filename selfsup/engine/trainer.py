@@ -216,6 +216,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     streamed = data.pretrain.streamed
     images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
     labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None
+    if ckpt is None:
+        with autocast(device):
+            method.on_train_start(images)
     ckpt_path = out / FILENAME
     logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
 

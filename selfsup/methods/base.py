@@ -51,6 +51,10 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.num_samples = num_samples  # size of the pretraining set (memory banks)
 
+    def on_train_start(self, images: torch.Tensor) -> None:
+        """Called once before the first step of a fresh run with the pretraining images (uint8, on the
+        device; a lazily decoded stand-in for streamed sets), e.g. to fill a memory bank."""
+
     def check_batch(self, global_batch: int) -> None:
         """Refuse (with a UserError) a global batch size this method cannot train with, before any step."""
 
