@@ -150,7 +150,8 @@ def cpu_simclr(args: argparse.Namespace) -> None:
 CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "simclr": ("simclr", {}, {}), "mocov1": ("moco", {"version": 1}, {}), "mocov2": ("moco", {"version": 2}, {}),
     "byol": ("byol", {}, {}), "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}), "supcon": ("supcon", {}, {}),
-    "triplet": ("triplet", {}, {}), "supervised": ("supervised", {}, {}),
+    "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
+    "supervised": ("supervised", {}, {}),
 }
 
 
