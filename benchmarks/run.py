@@ -469,7 +469,8 @@ def _methods_section() -> list[str]:
     runs = r["runs"]
     any_run = next(iter(runs.values()))
     rows = [[name, _pct(m["knn_top1"]), _pct(m["linear_top1"]), f"{m['samples_per_second']:.0f}",
-             m.get("quiet_samples_per_second", ""), m["commit"]] for name, m in runs.items() if "knn_top1" in m]
+             f"{m['quiet_samples_per_second']:.0f}" if "quiet_samples_per_second" in m else "",
+             m["commit"].split(" (")[0]] for name, m in runs.items() if "knn_top1" in m]
     rows.append(["random init", _pct(any_run["random_init_knn_top1"]), _pct(any_run["random_init_linear_top1"]),
                  "", "", ""])
     return [f"## Every method, CIFAR-10, small convnet, batch {r['batch_size']}, {r['steps']} steps, CPU\n\n"
@@ -478,7 +479,7 @@ def _methods_section() -> list[str]:
             "samples/s is one image with all its views.\n",
             _md(["method", "kNN top-1 %", "linear top-1 %", "samples/s (full run)", "samples/s (quiet)", "commit"],
                 rows),
-            r.get("notes", "") + "\n"]
+            "\n" + r.get("notes", "") + "\n"]
 
 
 def _gpu_sections() -> list[str]:
