@@ -61,3 +61,31 @@ def test_byol_regression_stops_gradient_into_target():
     p, z = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
     byol_regression(p, z).backward()
     assert p.grad is not None and z.grad is None
+
+
+def _every_loss(g):
+    """Each batch-mixing loss as a closure over fixed bf16-representable inputs (as a bf16 head emits)."""
+    from selfsup import losses
+
+    z1, z2, bank = (torch.randn(s, generator=g).bfloat16().float() for s in ((32, 64), (32, 64), (256, 64)))
+    labels = torch.randint(0, 4, (32,), generator=g)
+    return {
+        "nt_xent": lambda: losses.nt_xent(z1, z2, 0.1),
+        "byol": lambda: losses.byol_regression(z1, z2),
+        "info_nce": lambda: losses.info_nce(z1, z2, bank, 0.07),
+        "instance_softmax": lambda: losses.instance_softmax(z1, bank, torch.arange(32), 0.07),
+        "barlow": lambda: losses.barlow_twins_loss(z1, z2),
+        "supcon": lambda: losses.supcon_loss(z1, z2, labels, 0.1),
+        "triplet": lambda: losses.triplet_loss(z1, z2, mining="hard"),
+    }
+
+
+@pytest.mark.parametrize("name", ["nt_xent", "byol", "info_nce", "instance_softmax", "barlow", "supcon", "triplet"])
+def test_losses_stay_float32_inside_bf16_autocast(name):
+    """The trainer's bf16 autocast must not reach the losses' similarity matmuls."""
+    loss = _every_loss(torch.Generator().manual_seed(0))[name]
+    exact = loss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss()
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, rtol=1e-6, atol=1e-6)
