@@ -149,7 +149,8 @@ def cpu_simclr(args: argparse.Namespace) -> None:
 # the contrastive / siamese family on the CPU table (issue 4): name -> (method, method_args, config overrides)
 CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "simclr": ("simclr", {}, {}), "mocov1": ("moco", {"version": 1}, {}), "mocov2": ("moco", {"version": 2}, {}),
-    "byol": ("byol", {}, {}), "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}), "supcon": ("supcon", {}, {}),
+    "byol": ("byol", {}, {}), "byol-sgd": ("byol", {}, {"optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4}),
+    "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}), "supcon": ("supcon", {}, {}),
     "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
     "supervised": ("supervised", {}, {}),
 }

@@ -5,8 +5,8 @@ torch.distributed is initialised (:func:`selfsup.engine.distributed.gather_with_
 single process the gather is the identity and costs nothing.
 
 Every loss runs in float32 even inside the trainer's bf16 autocast region (:func:`full_precision`):
-a bf16 cosine similarity is off by up to ~0.01 (128-d unit vectors), which a temperature of 0.07
-turns into logit errors of ~0.1.
+bf16 cosine similarities of 128-d unit vectors are off by up to ~2e-3 (measured), logit errors of
+~0.02 at a temperature of 0.07, and Barlow's cross-correlation sums 512-plus such products.
 """
 
 from __future__ import annotations
