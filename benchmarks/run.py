@@ -150,7 +150,8 @@ def cpu_simclr(args: argparse.Namespace) -> None:
 CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "simclr": ("simclr", {}, {}), "mocov1": ("moco", {"version": 1}, {}), "mocov2": ("moco", {"version": 2}, {}),
     "byol": ("byol", {}, {}), "byol-sgd": ("byol", {}, {"optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4}),
-    "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}), "supcon": ("supcon", {}, {}),
+    "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}),
+    "npid-nce": ("npid", {"loss": "nce"}, {}), "supcon": ("supcon", {}, {}),
     "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
     "supervised": ("supervised", {}, {}),
 }

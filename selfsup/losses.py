@@ -12,6 +12,7 @@ bf16 cosine similarities of 128-d unit vectors are off by up to ~2e-3 (measured)
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -89,6 +90,32 @@ def instance_softmax(features: torch.Tensor, memory: torch.Tensor, targets: torc
     """
     v = F.normalize(features.float(), dim=1)
     return F.cross_entropy(v @ memory.detach().float().T / temperature, targets)
+
+
+def nce_normaliser(num_samples: int, dim: int, temperature: float, draws: int = 65536) -> float:
+    """NPID's constant Z (Wu et al., CVPR 2018, eq. 5): Z = n E_j[exp(v_j . f / T)], estimated by Monte Carlo
+    against the paper's starting memory of uniformly random unit vectors (by symmetry any unit f will do);
+    a fixed seed makes it the same number on every rank and every resume."""
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(draws, dim, generator=g, dtype=torch.float64), dim=1)
+    return float(num_samples * torch.exp(v[:, 0] / temperature).mean())
+
+
+@full_precision
+def nce_loss(features: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, num_samples: int,
+             normaliser: float, temperature: float = 0.07) -> torch.Tensor:
+    """NPID's noise-contrastive estimation (Wu et al., CVPR 2018, eqs. 3-6) with uniform noise P_n = 1/n.
+
+    P(i | f) = exp(v_i . f / T) / Z and h(i, f) = P(i | f) / (P(i | f) + m P_n); each sample's loss is
+    -log h(i, f) for its own memory row ``positives[b]`` and -sum_k log(1 - h(j_k, f)) over the m rows of
+    ``negatives`` (shared by the batch). ``features`` are L2-normalised here; no gradient flows into the
+    memory. Computed through softplus: -log h = softplus(log(m P_n) - log P). Returns the mean over samples.
+    """
+    f = F.normalize(features.float(), dim=1)
+    shift = math.log(negatives.shape[0] / num_samples) + math.log(normaliser)  # log(m P_n) + log Z
+    pos = (f * positives.detach().float()).sum(1) / temperature  # log P(i | f) + log Z
+    neg = f @ negatives.detach().float().T / temperature
+    return (F.softplus(shift - pos) + F.softplus(neg - shift).sum(1)).mean()
 
 
 def cross_correlation(z1: torch.Tensor, z2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -11,6 +11,8 @@ from selfsup.losses import (
     cross_correlation,
     info_nce,
     instance_softmax,
+    nce_loss,
+    nce_normaliser,
     nt_xent,
     supcon_loss,
     triplet_loss,
@@ -73,6 +75,49 @@ def test_instance_softmax_matches_npid(batch, bank, temperature):
     targets = torch.randperm(bank, generator=torch.Generator().manual_seed(0))[:batch]
     got = instance_softmax(v, memory, targets, temperature).item()
     assert got == pytest.approx(npid_reference(v, memory, targets, temperature), rel=1e-5)
+
+
+def nce_reference(v, positives, noise, n, z, t):
+    """NPID eqs. (3)-(6) in float64 with autograd: P(i|v) = exp(m_i . v / t) / Z, h = P / (P + m / n);
+    per sample -log h(own row) - sum_k log(1 - h(noise row k)), averaged."""
+    v = v.double()
+    m = noise.shape[0]
+    total = 0.0
+    for b in range(v.shape[0]):
+        f = v[b] / v[b].norm()
+        p_pos = torch.exp(positives[b].double() @ f / t) / z
+        total = total - torch.log(p_pos / (p_pos + m / n))
+        for row in noise.double():
+            p = torch.exp(row @ f / t) / z
+            total = total - torch.log(1 - p / (p + m / n))
+    return total / v.shape[0]
+
+
+@pytest.mark.parametrize("batch,m", [(1, 1), (4, 7), (8, 32)])
+@pytest.mark.parametrize("temperature", [0.07, 0.5])
+def test_nce_loss_matches_npid_values_and_gradients(batch, m, temperature):
+    n = 1000
+    z = nce_normaliser(n, 5, temperature, draws=4096)
+    v = randn(batch, 5, seed=batch).requires_grad_()
+    bank = torch.nn.functional.normalize(randn(m + batch, 5, seed=m), dim=1)
+    got = nce_loss(v, bank[:batch], bank[batch:], n, z, temperature)
+    got.backward()
+    v64 = v.detach().double().requires_grad_()
+    want = nce_reference(v64, bank[:batch], bank[batch:], n, z, temperature)
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    torch.testing.assert_close(v.grad.double(), v64.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_nce_normaliser_is_n_times_the_mean_similarity_exponential_on_the_sphere():
+    """E[exp(x / t)] for x the first coordinate of a uniform unit vector in d dimensions, by quadrature of
+    its density (1 - x^2)^((d - 3) / 2) on [-1, 1]."""
+    d, t, n = 16, 0.5, 100
+    x = np.linspace(-1, 1, 200001)
+    density = (1 - x**2) ** ((d - 3) / 2)
+    expected = n * np.trapezoid(np.exp(x / t) * density, x) / np.trapezoid(density, x)
+    assert nce_normaliser(n, d, t) == pytest.approx(expected, rel=1e-2)
+    assert nce_normaliser(n, d, t) == nce_normaliser(n, d, t)  # fixed: the same on every rank and resume
 
 
 # ----------------------------------------------------------------------------------------- Barlow Twins

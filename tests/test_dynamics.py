@@ -96,10 +96,11 @@ def test_bank_update_closed_form():
         torch.testing.assert_close(g, v / v.norm())
 
 
+@pytest.mark.parametrize("loss", ["softmax", "nce"])
 @pytest.mark.parametrize("negatives", [16, 0])  # sampled negatives / the whole bank
-def test_npid_step_updates_only_its_rows(negatives):
+def test_npid_step_updates_only_its_rows(negatives, loss):
     torch.manual_seed(0)
-    m = NPID(build_backbone("small"), 256, 8, num_samples=40, negatives=negatives)
+    m = NPID(build_backbone("small"), 256, 8, num_samples=40, negatives=negatives, loss=loss)
     b = batch(6)
     before = m.bank.clone()
     loss = m.training_step(b)
@@ -133,6 +134,11 @@ def test_npid_bank_starts_from_the_initial_features_without_touching_bn_statisti
 def test_npid_needs_the_dataset_size():
     with pytest.raises(UserError, match="dataset size"):
         NPID(build_backbone("small"), 256, 8)
+
+
+def test_npid_refuses_an_unknown_loss():
+    with pytest.raises(UserError, match="'softmax' or 'nce'"):
+        NPID(build_backbone("small"), 256, 8, num_samples=40, loss="nca")
 
 
 # ------------------------------------------------------------------------------------------ shuffle and BN

@@ -74,13 +74,15 @@ def _every_loss(g):
         "byol": lambda: losses.byol_regression(z1, z2),
         "info_nce": lambda: losses.info_nce(z1, z2, bank, 0.07),
         "instance_softmax": lambda: losses.instance_softmax(z1, bank, torch.arange(32), 0.07),
+        "nce": lambda: losses.nce_loss(z1, bank[:32], bank[32:], 1000, 5000.0, 0.07),
         "barlow": lambda: losses.barlow_twins_loss(z1, z2),
         "supcon": lambda: losses.supcon_loss(z1, z2, labels, 0.1),
         "triplet": lambda: losses.triplet_loss(z1, z2, mining="hard"),
     }
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "byol", "info_nce", "instance_softmax", "barlow", "supcon", "triplet"])
+@pytest.mark.parametrize("name", ["nt_xent", "byol", "info_nce", "instance_softmax", "nce", "barlow", "supcon",
+                                  "triplet"])
 def test_losses_stay_float32_inside_bf16_autocast(name):
     """The trainer's bf16 autocast must not reach the losses' similarity matmuls."""
     loss = _every_loss(torch.Generator().manual_seed(0))[name]

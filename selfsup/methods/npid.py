@@ -9,7 +9,7 @@ from torch import nn
 from selfsup.data.views import augmented_views, eval_view
 from selfsup.engine.distributed import gather
 from selfsup.errors import UserError
-from selfsup.losses import info_nce, instance_softmax
+from selfsup.losses import info_nce, instance_softmax, nce_loss, nce_normaliser
 from selfsup.methods.base import Batch, Method
 
 
@@ -22,9 +22,10 @@ class NPID(Method):
     """Every training image is its own class: a linear 128-d head, L2-normalised, is classified by a
     non-parametric softmax against a memory bank holding one feature per image, updated with momentum 0.5.
 
-    ``negatives``: how many bank rows (drawn uniformly, with replacement, shared by the batch) the softmax
-    runs over besides each sample's own row; 0, or at least the dataset size, uses the whole bank (the
-    paper's exact eq. 2).
+    ``negatives``: how many bank rows (drawn uniformly, with replacement, shared by the batch) the loss
+    runs over besides each sample's own row; 0, or at least the dataset size, uses the whole bank.
+    ``loss``: ``"softmax"``, the non-parametric softmax (eq. 2; over the sampled rows it is InfoNCE), or
+    ``"nce"``, the paper's noise-contrastive estimate of it (eqs. 3-6) with a constant normaliser Z.
     """
 
     name = "npid"
@@ -34,12 +35,16 @@ class NPID(Method):
     base_lr = 0.01
 
     def __init__(self, *args, temperature: float = 0.07, proj_dim: int = 128, negatives: int = 4096,
-                 bank_momentum: float = 0.5, **kwargs) -> None:
+                 bank_momentum: float = 0.5, loss: str = "softmax", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if loss not in ("softmax", "nce"):
+            raise UserError(f"npid loss must be 'softmax' or 'nce' (got {loss!r})")
         if self.num_samples <= 0:
             raise UserError("npid keeps one memory row per training image and needs the dataset size "
                             "(num_samples)")
         self.temperature, self.negatives, self.bank_momentum = temperature, negatives, bank_momentum
+        self.loss = loss
+        self.normaliser = nce_normaliser(self.num_samples, proj_dim, temperature) if loss == "nce" else 0.0
         self.head = nn.Linear(self.feat_dim, proj_dim)
         self.register_buffer("bank", F.normalize(torch.randn(self.num_samples, proj_dim), dim=1))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -50,8 +55,10 @@ class NPID(Method):
         training mode without touching its running statistics) instead of random unit vectors, so that
         the positives mean something from the first step; the paper's random rows are only replaced one
         epoch later, which costs a short run everything (below random-init kNN at 5 CIFAR-10 epochs).
-        Streamed sets keep the random rows (a full decoding pass would cost an epoch)."""
-        if not isinstance(images, torch.Tensor):
+        Streamed sets keep the random rows (a full decoding pass would cost an epoch), and so does the NCE
+        loss, whose constant Z is the paper's estimate against random rows: against a bank of the initial,
+        nearly parallel features every noise row would look like a positive and the loss explodes."""
+        if not isinstance(images, torch.Tensor) or self.loss == "nce":
             return
         norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
@@ -68,11 +75,16 @@ class NPID(Method):
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)
         features = self.head(self.backbone(x))
         self._pending = (gather(batch.indices), gather(features.detach().float()))
-        if self.negatives <= 0 or self.negatives >= self.num_samples:
+        whole = self.negatives <= 0 or self.negatives >= self.num_samples
+        if whole and self.loss == "softmax":
             return instance_softmax(features, self.bank, batch.indices, self.temperature)
-        sampled = torch.randint(self.num_samples, (self.negatives,), generator=batch.generator,
-                                device=batch.generator.device).to(self.bank.device)
-        return info_nce(features, self.bank[batch.indices], self.bank[sampled], self.temperature)
+        noise = self.bank if whole else self.bank[torch.randint(
+            self.num_samples, (self.negatives,), generator=batch.generator, device=batch.generator.device
+        ).to(self.bank.device)]
+        if self.loss == "nce":
+            return nce_loss(features, self.bank[batch.indices], noise, self.num_samples, self.normaliser,
+                            self.temperature)
+        return info_nce(features, self.bank[batch.indices], noise, self.temperature)
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
