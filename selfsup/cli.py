@@ -56,6 +56,8 @@ def _train_parser(sub) -> None:
     a("--stream", action="store_true", help="decode folder images on demand in DataLoader workers instead of once "
       "into memory (automatic above $SELFSUP_MAX_MEMORY_GB, default 16; wds: shards always stream)")
     a("--workers", type=int, default=None, help="DataLoader workers that decode streamed images (default 8)")
+    a("--time-limit", type=float, metavar="MINUTES", help="end cleanly with a resumable checkpoint at the first "
+      "log line after this many minutes (jobs with a wall-clock allowance); continue with --resume")
     a("--quiet", action="store_true", help="no progress bar")
 
 
@@ -172,10 +174,14 @@ def _run_train(args: argparse.Namespace) -> int:
     values["stream"] = values["stream"] or args.stream
     cfg = config_from_dict(values)
     run = train(cfg, args.out, overwrite=args.overwrite, resume=args.resume, evaluate=not args.no_eval,
-                show_progress=not args.quiet)
+                show_progress=not args.quiet, time_limit=args.time_limit)
     if not is_main_process():
         return 0
     m = run.metrics
+    if m.get("stopped"):
+        print(f"\ntime limit: stopped after step {m['steps']} of {m['total_steps']}; continue with "
+              f"selfsup train --resume {run.out}")
+        return 0
     print(f"\n{m['steps']} steps in {m['train_seconds']:.0f} s ({m['samples_per_second']:.0f} samples/s) "
           f"on {m['device']}; run folder: {run.out}")
     if "knn_top1" in m:

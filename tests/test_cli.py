@@ -97,6 +97,15 @@ def test_resume_of_a_finished_run_is_refused(capsys, tmp_path):
     assert_one_line_error(capsys, ["train", "--resume", str(out)], "already finished")
 
 
+def test_time_limit_then_resume(capsys, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), "--image-size", "8", "--time-limit", "0", *QUICK, "--steps", "20"])
+    printed = capsys.readouterr().out
+    assert code == 0 and f"continue with selfsup train --resume {out}" in printed, printed
+    assert run_cli(capsys, "train", "--resume", str(out))[0] == 0
+    assert_one_line_error(capsys, ["train", "--resume", str(out)], "already finished")
+
+
 def test_checkpoint_that_is_not_ours(capsys, tmp_path):
     foreign = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)

@@ -55,6 +55,18 @@ def test_a_two_process_run_resumes_as_one_process(tmp_path):
     assert_same_weights(straight.method.state_dict(), resumed.method.state_dict())
 
 
+def _train_rank_with_own_time_limit(rank, out):
+    """Only rank 1 runs out of time; both must stop at the same log line (or rank 0 would hang)."""
+    selfsup.train(cfg(), out, evaluate=False, show_progress=False, time_limit=0.0 if rank == 1 else 60.0)
+
+
+def test_a_time_limit_on_one_process_stops_every_process_at_the_same_step(tmp_path):
+    torch.set_num_threads(1)
+    run_ranks(_train_rank_with_own_time_limit, 2, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 2 and not ckpt["finished"]
+
+
 def _probe_rank(rank, out):
     torch.manual_seed(0)
     data = load_data("digits")

@@ -38,6 +38,20 @@ def test_resume_equals_straight_run(tmp_path, method):
     assert steps == sorted(set(steps)) and steps[0] == 3 and 5 in steps and steps[-1] == 12  # one log, no repeats
 
 
+def test_time_limit_stops_at_a_log_line_and_the_run_resumes_exactly(tmp_path):
+    straight = selfsup.train(small_cfg(), tmp_path / "a", evaluate=False, show_progress=False, data=DIGITS)
+    stopped = selfsup.train(small_cfg(), tmp_path / "b", evaluate=False, show_progress=False, data=DIGITS,
+                            time_limit=0.0)
+    assert stopped.metrics == dict(steps=3, total_steps=12, stopped=True)  # the first log line, step 3
+    assert load_checkpoint(tmp_path / "b")["step"] == 3
+    resumed = selfsup.train(small_cfg(), resume=tmp_path / "b", evaluate=False, show_progress=False, data=DIGITS,
+                            time_limit=60.0)
+    assert resumed.metrics["steps"] == 12
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 class NaNAfter(nn.Module):
     """A backbone that starts returning NaN after ``n`` forward passes in training mode."""
 

@@ -162,12 +162,15 @@ def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = Fals
 
 def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None,
           backbone: nn.Module | None = None, evaluate: bool = True, show_progress: bool = True,
-          data: Dataset | None = None, stop_at: int | None = None) -> Run:
+          data: Dataset | None = None, stop_at: int | None = None, time_limit: float | None = None) -> Run:
     """Pretrain ``cfg.method`` and (if the data has labels) evaluate against random init.
 
     ``stop_at`` ends the session after that many steps with a resumable checkpoint, as an
-    interruption would (time-boxed jobs; the resume tests).
+    interruption would (the resume tests). ``time_limit`` (minutes, counted from this call) does the
+    same at the first log line past it, so a job with a wall-clock allowance (SLURM, a lent GPU) ends
+    cleanly and the next one resumes; every process stops at the same step.
     """
+    started = time.monotonic()
     device = init_from_env(cfg.device) or resolve_device(cfg.device)
     cfg, out, ckpt = prepare_run(cfg, out, overwrite, resume)
     world, main = world_size(), is_main_process()
@@ -275,12 +278,23 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                 logger.close()
                 kept = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
                 raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
+            if time_limit is not None and step + 1 < last and _out_of_time(started, time_limit, device):
+                last = step + 1
+                epoch_end = True
         if epoch_end:
             checkpoint(step + 1, finished=step + 1 == total)
+        if step + 1 == last:
+            break
     logger.close()
     if last < total:  # stopped early on request: resumable, not evaluated
-        return Run(out, cfg, method, data, dict(steps=last))
+        return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
     return _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main)
+
+
+def _out_of_time(started: float, minutes: float, device: torch.device) -> bool:
+    """Whether any process has used up ``minutes`` since ``started`` (all processes agree)."""
+    late = torch.tensor(float(time.monotonic() - started > 60 * minutes), device=device)
+    return bool(all_reduce_mean(late) > 0)
 
 
 def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: torch.device, train_seconds: float,
@@ -382,7 +396,9 @@ def _trim_csv(path: Path, step: int) -> None:
 
 
 def results_table(metrics: dict[str, Any]) -> str:
-    """The table `selfsup train` prints: trained backbone next to its random init."""
-    rows = [[f"{metrics['method']} ({metrics['steps']} steps)", metrics["knn_top1"], metrics["linear_top1"]],
-            ["random init", metrics["random_init_knn_top1"], metrics["random_init_linear_top1"]]]
+    """The table `selfsup train` prints: trained backbone next to its random init (a run started with
+    ``--no-eval`` and resumed with evaluation has no random-init row)."""
+    rows = [[f"{metrics['method']} ({metrics['steps']} steps)", metrics["knn_top1"], metrics["linear_top1"]]]
+    if "random_init_knn_top1" in metrics:
+        rows.append(["random init", metrics["random_init_knn_top1"], metrics["random_init_linear_top1"]])
     return format_table([f"{metrics['backbone']} on {metrics['data']}", "kNN top-1 %", "linear top-1 %"], rows)
