@@ -51,8 +51,12 @@ RESULTS = HERE / "results"
 
 
 def environment() -> dict:
-    """Command, commit and hardware, recorded with every result."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
+    """Command, commit and hardware, recorded with every result. ``$SELFSUP_BENCH_COMMIT`` names the commit
+    where the checkout's .git cannot (a copy of the working tree on another machine whose .git lags)."""
+    import os
+
+    commit = os.environ.get("SELFSUP_BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=HERE).stdout.strip()
     cpu = platform.processor()
@@ -60,8 +64,6 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import os
-
     return dict(command=" ".join(["python", "benchmarks/run.py", *sys.argv[1:]]),
                 commit=commit.strip() + ("+dirty" if dirty else ""), cpu=cpu, cpu_cores=os.cpu_count(),
                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -321,26 +323,49 @@ def gpu(args: argparse.Namespace) -> None:
 
 
 def gpu_accuracy(args: argparse.Namespace) -> None:
-    """A full recipe on one GPU (e.g. SimCLR ResNet-18, 200 epochs): kNN and linear top-1, wall time."""
-    if not torch.cuda.is_available():
-        raise SystemExit("the gpu-accuracy target needs a CUDA GPU")
-    from selfsup.config import config_from_dict, load_config
+    """Full recipes (e.g. the issue-4 table: ResNet-18, 200 epochs each): kNN and linear top-1, training time.
 
-    env = environment()
-    cfg = config_from_dict({**load_config(args.config), "data": args.data, "device": "cuda"})
-    if args.epochs:
-        cfg.epochs = args.epochs
-    start = time.perf_counter()
-    m = selfsup.train(cfg, args.out, overwrite=True, show_progress=False).metrics
-    name = Path(args.config).stem
+    ``--config`` takes a comma-separated list, run in turn. ``--time-limit`` (minutes, for the whole
+    command) ends the current run cleanly at a checkpoint; the same command then resumes it, and recipes
+    already recorded are skipped, so a table longer than one sitting fills up over several calls.
+    """
+    from selfsup.config import config_from_dict, load_config
+    from selfsup.engine.checkpoint import load_checkpoint
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu-accuracy runs on a CUDA GPU; pass --device cpu for a (slow) CPU run")
+    env, started = environment(), time.monotonic()
     path = RESULTS / "gpu_accuracy.json"
     result = json.loads(path.read_text()) if path.exists() else dict(name="gpu-accuracy", runs={})
-    result["runs"][name] = dict(**env, config=args.config, wall_seconds=round(time.perf_counter() - start, 1),
-                                **{k: m[k] for k in ("method", "epochs", "batch_size", "knn_top1", "linear_top1",
-                                                     "random_init_knn_top1", "random_init_linear_top1",
-                                                     "train_seconds", "samples_per_second")})
-    print(json.dumps(result["runs"][name]), flush=True)
-    save(result, "gpu_accuracy")
+    for config in args.config.split(","):
+        name = Path(config).stem
+        out = Path(args.out) / name
+        ckpt = out / "checkpoint.pt"
+        resume = ckpt.exists() and not load_checkpoint(ckpt)["finished"]  # a run cut short: always continue it
+        if name in result["runs"] and not args.force and not resume:
+            print(f"{name}: recorded already (--force re-runs it)", flush=True)
+            continue
+        cfg = config_from_dict({**load_config(config), "data": args.data, "device": args.device})
+        if args.epochs:
+            cfg.epochs = args.epochs
+        left = None if args.time_limit is None else args.time_limit - (time.monotonic() - started) / 60
+        if left is not None and left <= 0:
+            return
+        run = selfsup.train(cfg, None if resume else out, overwrite=True, resume=out if resume else None,
+                            show_progress=False, time_limit=left)
+        m = run.metrics
+        if m.get("stopped"):
+            print(f"{name}: time limit at step {m['steps']} of {m['total_steps']}; run the same command to continue",
+                  flush=True)
+            return
+        with open(out / "metrics.csv") as f:
+            knn = {r["epoch"]: float(r["knn_top1"]) for r in csv.DictReader(f) if r["knn_top1"]}
+        result["runs"][name] = dict(**env, config=config, **{k: m[k] for k in (
+            "method", "epochs", "batch_size", "knn_top1", "linear_top1", "random_init_knn_top1",
+            "random_init_linear_top1", "train_seconds", "samples_per_second")},
+            knn_during_training={str(int(e) + 1): v for e, v in knn.items()})
+        print(json.dumps(result["runs"][name]), flush=True)
+        save(result, "gpu_accuracy")
 
 
 def _make_jpeg(args: tuple[Path, int]) -> None:
@@ -531,8 +556,9 @@ def _gpu_sections() -> list[str]:
         rows = [[n, m["epochs"], m["batch_size"], _pct(m["knn_top1"]), _pct(m["linear_top1"]),
                  _pct(m["random_init_knn_top1"]), round(m["train_seconds"] / 60, 1), f"{m['samples_per_second']:,.0f}",
                  m["commit"]] for n, m in r["runs"].items()]
-        parts += ["## GPU accuracy: ResNet-18 (CIFAR stem), CIFAR-10, one H100\n\n"
-                  "`python benchmarks/run.py gpu-accuracy --config recipes/cifar10/<method>.yaml`\n",
+        gpus = ", ".join(sorted({m["gpu"] or "CPU" for m in r["runs"].values()}))
+        parts += [f"## Accuracy of the CIFAR-10 recipes: ResNet-18 (CIFAR stem), {gpus}\n\n"
+                  "`python benchmarks/run.py gpu-accuracy --config recipes/cifar10/<method>.yaml[,...]`\n",
                   _md(["recipe", "epochs", "batch", "kNN %", "linear %", "random-init kNN %", "train min",
                                 "samples/s", "commit"], rows)]
         if "diagnostics_25_epochs" in r:
@@ -587,11 +613,15 @@ def main() -> None:
     g.add_argument("--workers", type=int, default=16, help="lightly's DataLoader workers")
     g.add_argument("--profile-steps", type=int, default=20)
     g.set_defaults(fn=gpu)
-    g = sub.add_parser("gpu-accuracy", help="train one recipe on one GPU and record kNN / linear top-1")
-    g.add_argument("--config", default="recipes/cifar10/simclr.yaml")
+    g = sub.add_parser("gpu-accuracy", help="train recipes on one GPU and record kNN / linear top-1")
+    g.add_argument("--config", default="recipes/cifar10/simclr.yaml", help="one recipe or a comma-separated list")
     g.add_argument("--data", default="../shared/data/cifar10")
-    g.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    g.add_argument("--out", default="runs/gpu-accuracy")
+    g.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs")
+    g.add_argument("--out", default="runs/gpu-accuracy", help="one run folder per recipe below this")
+    g.add_argument("--device", default="cuda")
+    g.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly after this long; the same command resumes")
+    g.add_argument("--force", action="store_true", help="re-run recipes that are recorded already")
     g.set_defaults(fn=gpu_accuracy)
     g = sub.add_parser("gpu-jpeg", help="ResNet-50 224 px from a JPEG folder: decode- or compute-bound?")
     g.add_argument("--folder", default="/tmp/jpeg", help="root with train/<class>/*.jpg (made if missing)")
