@@ -33,6 +33,10 @@ def _train_parser(sub) -> None:
     a("--data", help="digits | cifar10 | cifar100 | stl10 | a folder: class subfolders (labeled), a flat "
                      "folder (unlabeled), or a root with train/ and val/ or test/ (default digits)")
     a("--backbone", help="small | resnet18 | resnet50 (default small)")
+    a("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+      help="a method option, e.g. temperature=0.2 (repeatable; 'selfsup methods NAME' lists them)")
+    a("--augment", action="append", default=[], metavar="KEY=VALUE",
+      help="an augmentation setting, e.g. blur_p=0.5 or crop_scale=[0.2,1.0] (repeatable)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="training length in epochs (default 100)")
     g.add_argument("--steps", type=int, help="training length in optimiser steps")
@@ -153,6 +157,22 @@ def _run_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(pairs: list[str], flag: str) -> dict:
+    """``["a=1", "b=[0.2, 1.0]"]`` -> ``{"a": 1, "b": [0.2, 1.0]}``, each value read as YAML."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} takes KEY=VALUE (got '{pair}')")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"{flag} {key.strip()}: cannot read the value '{value}'") from None
+    return out
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from selfsup.config import TrainConfig, config_from_dict, load_config
     from selfsup.engine.distributed import is_main_process
@@ -168,6 +188,8 @@ def _run_train(args: argparse.Namespace) -> int:
             values[key] = v
             if key in ("epochs", "steps"):  # the other one of the pair no longer applies
                 values["steps" if key == "epochs" else "epochs"] = None
+    for key, pairs in (("method_args", args.method_arg), ("augment", args.augment)):
+        values[key] = {**(values[key] or {}), **_key_values(pairs, "--" + key.replace("_args", "-arg"))}
     values["download"] = values["download"] or args.download
     values["sync_bn"] = values["sync_bn"] and not args.no_sync_bn
     values["compile"] = values["compile"] or args.compile
@@ -220,10 +242,24 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_methods(_: argparse.Namespace) -> int:
-    from selfsup.backbones import BACKBONES
-    from selfsup.methods import METHODS
+def _run_methods(args: argparse.Namespace) -> int:
+    import inspect
 
+    from selfsup.backbones import BACKBONES
+    from selfsup.engine.build import method_options
+    from selfsup.methods import METHODS, get_method
+
+    if args.name:
+        cls = get_method(args.name)
+        print(f"{cls.name}: {cls.paper}\n")
+        doc = inspect.getdoc(cls)
+        if doc:
+            print(doc + "\n")
+        print(f"defaults: optimizer {cls.optimizer}, lr {cls.base_lr:g} x batch/256, weight decay {cls.weight_decay:g}")
+        print("options (--method-arg KEY=VALUE, or method_args: in a --config file):")
+        for key, default in method_options(cls).items():
+            print(f"  {key} = {default!r}")
+        return 0
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
         print(f"{name:<{width}}  {cls.paper}")
@@ -288,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _use_parsers(sub)
-    sub.add_parser("methods", help="list the methods (with their papers) and backbones")
+    p = sub.add_parser("methods", help="list the methods (with their papers) and backbones; with a NAME, its options")
+    p.add_argument("name", nargs="?", help="a method: print what it does and its options with their defaults")
     return parser
 
 

@@ -137,6 +137,40 @@ def test_methods_lists_every_method_with_its_paper(capsys):
     assert "ICML 2020" in out and "NeurIPS 2020" in out
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_methods_name_prints_the_options_with_their_defaults(capsys, name):
+    from selfsup.engine.build import method_options
+
+    assert main(["methods", name]) == 0
+    out = capsys.readouterr().out
+    assert METHODS[name].paper in out
+    for key, default in method_options(METHODS[name]).items():
+        assert f"  {key} = {default!r}" in out
+
+
+def test_method_arg_and_augment_flags_reach_the_run(capsys, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--image-size", "8", "--method", "npid", "--method-arg", "loss=nce",
+            "--method-arg", "temperature=0.5", "--augment", "crop_scale=[0.2, 1.0]", "--augment", "gray_p=0", *QUICK]
+    assert run_cli(capsys, *args)[0] == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method_args"] == {"loss": "nce", "temperature": 0.5}
+    assert cfg["augment"]["crop_scale"] == [0.2, 1.0] and cfg["augment"]["gray_p"] == 0
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--method-arg", "temperature"], "--method-arg takes KEY=VALUE"),
+    (["--method-arg", "depth=3"], "has no option(s) depth"),
+    (["--augment", "crop_scale=[0.2"], "cannot read the value"),
+    (["--augment", "zoom=2"], "unknown augment option(s) zoom"),
+])
+def test_bad_method_arg_or_augment_is_one_line(capsys, tmp_path, flags, fragment):
+    assert_one_line_error(capsys, ["train", "--out", str(tmp_path / "run"), *flags, *QUICK], fragment)
+    assert not (tmp_path / "run").exists()
+
+
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "selfsup", "train", "--method", "nope"], capture_output=True,
                           text=True, timeout=120)

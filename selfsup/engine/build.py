@@ -25,10 +25,16 @@ def augment_config(values: dict[str, Any]) -> AugmentConfig:
     return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
+def method_options(cls: type[Method]) -> dict[str, Any]:
+    """A method's options (its keyword-only constructor arguments, ``method_args`` in a config) and their
+    defaults."""
+    return {n: p.default for klass in reversed(cls.__mro__) if issubclass(klass, Method) and "__init__" in vars(klass)
+            for n, p in inspect.signature(klass.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
+
+
 def check_method_args(cls: type[Method], args: dict[str, Any]) -> None:
-    params = {n for klass in cls.__mro__ if issubclass(klass, Method) and "__init__" in vars(klass)
-              for n, p in inspect.signature(klass.__init__).parameters.items() if p.kind == p.KEYWORD_ONLY}
-    unknown = sorted(set(args) - params)
+    params = method_options(cls)
+    unknown = sorted(set(args) - set(params))
     if unknown:
         raise UserError(f"method {cls.name} has no option(s) {', '.join(unknown)}; "
                         f"its options: {', '.join(sorted(params)) or 'none'}")
