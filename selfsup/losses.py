@@ -174,25 +174,39 @@ def supcon_loss(z1: torch.Tensor, z2: torch.Tensor | None, labels: torch.Tensor,
 
 @full_precision
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 0.5, mining: str = "hard",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, candidates: int = 0, top_k: int = 1) -> torch.Tensor:
     """Margin ranking loss of Wang & Gupta (ICCV 2015, eq. 2): max(0, D(a, p) - D(a, n) + margin), with the
-    cosine distance D = 1 - cos. ``anchor[i]`` and ``positive[i]`` belong together; the negative of anchor i
-    is another sample's positive (of all ranks): the hardest one (closest to the anchor, ``mining="hard"``)
-    or a uniformly random one (``"random"``, drawn from ``generator``). Returns the mean over anchors.
+    cosine distance D = 1 - cos. ``anchor[i]`` and ``positive[i]`` belong together; the negatives of anchor i
+    are other samples' positives (of all ranks).
+
+    ``mining="random"``: one uniformly random other sample (drawn from ``generator``). ``"hard"``: the
+    ``top_k`` closest to the anchor among ``candidates`` random other samples (0: among all of them); the
+    paper's hard negative mining takes the top 4 of 100. Returns the mean over anchors and their negatives.
     """
     if mining not in ("hard", "random"):
         raise ValueError(f"triplet mining must be 'hard' or 'random' (got {mining!r})")
     a, p = F.normalize(anchor.float(), dim=1), F.normalize(positive.float(), dim=1)
-    candidates = gather_with_grad(p)
-    total = candidates.shape[0]
+    if mining == "random" and (candidates or top_k != 1):
+        raise ValueError("triplet candidates and top_k apply to hard mining")
+    others = gather_with_grad(p)
+    total = others.shape[0]
     if total < 2:
         raise ValueError("the triplet loss needs at least two samples (one is the other's negative)")
+    pool = total - 1 if candidates <= 0 else min(candidates, total - 1)
+    if not 1 <= top_k <= pool:
+        raise ValueError(f"triplet top_k must be between 1 and the {pool} candidate negatives (got {top_k})")
     own = _global_index(a.shape[0], a.device)
-    dist_an = 1 - a @ candidates.T
+    dist_an = 1 - a @ others.T
+    device = generator.device if generator is not None else None
     if mining == "hard":
-        neg = dist_an.masked_fill(own[:, None] == torch.arange(total, device=a.device), float("inf")).min(1).values
+        is_own = own[:, None] == torch.arange(total, device=a.device)
+        if pool < total - 1:  # a random subset of the others: the smallest of uniform keys, own key set above 1
+            keys = torch.rand(a.shape[0], total, generator=generator, device=device).to(a.device)
+            chosen = keys.masked_fill(is_own, 2.0).topk(pool, dim=1, largest=False).indices
+            neg = dist_an.gather(1, chosen).topk(top_k, dim=1, largest=False).values
+        else:
+            neg = dist_an.masked_fill(is_own, float("inf")).topk(top_k, dim=1, largest=False).values
     else:  # a random other sample: own position shifted by 1 .. total - 1
-        shift = torch.randint(1, total, (a.shape[0],), generator=generator,
-                              device=generator.device if generator is not None else None).to(a.device)
-        neg = dist_an.gather(1, ((own + shift) % total)[:, None]).squeeze(1)
-    return F.relu(1 - (a * p).sum(1) - neg + margin).mean()
+        shift = torch.randint(1, total, (a.shape[0],), generator=generator, device=device).to(a.device)
+        neg = dist_an.gather(1, ((own + shift) % total)[:, None])
+    return F.relu((1 - (a * p).sum(1, keepdim=True)) - neg + margin).mean()

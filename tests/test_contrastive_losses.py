@@ -238,8 +238,29 @@ def test_triplet_random_negative_matches_paper(batch):
     assert all(s % batch for s in shifts)  # never the anchor's own positive
 
 
+@pytest.mark.parametrize("batch,candidates,top_k", [(6, 0, 3), (16, 5, 1), (16, 5, 4), (9, 100, 2)])
+def test_triplet_top_k_hardest_among_random_candidates_matches_paper(batch, candidates, top_k):
+    """Wang & Gupta's hard negative mining: per anchor, the top K of a random set of candidates; each of the
+    K negatives is its own triplet."""
+    a, p = randn(batch, 6, seed=batch), randn(batch, 6, seed=batch + 11)
+    keys = torch.rand(batch, batch, generator=torch.Generator().manual_seed(5))
+    total = 0.0
+    for i in range(batch):
+        others = [j for j in range(batch) if j != i]
+        if 0 < candidates < batch - 1:  # the candidates: the smallest random keys among the others
+            others = sorted(others, key=lambda j: float(keys[i, j]))[:candidates]
+        hardest = sorted(others, key=lambda j: -cos(a[i], p[j]))[:top_k]
+        total += sum(triplet_reference(a[i : i + 1], p[[i, j]], 0.5, lambda _: 1) for j in hardest)
+    got = triplet_loss(a, p, 0.5, "hard", torch.Generator().manual_seed(5), candidates, top_k).item()
+    assert got == pytest.approx(total / (batch * top_k), rel=1e-6)
+
+
 def test_triplet_rejects_unknown_mining_and_single_samples():
     with pytest.raises(ValueError, match="mining"):
         triplet_loss(torch.randn(3, 2), torch.randn(3, 2), mining="semi")
     with pytest.raises(ValueError, match="two samples"):
         triplet_loss(torch.randn(1, 2), torch.randn(1, 2))
+    with pytest.raises(ValueError, match="top_k"):
+        triplet_loss(torch.randn(4, 2), torch.randn(4, 2), top_k=4)  # only 3 others
+    with pytest.raises(ValueError, match="apply to hard mining"):
+        triplet_loss(torch.randn(4, 2), torch.randn(4, 2), mining="random", top_k=2)

@@ -1,6 +1,7 @@
 """State that changes between steps: MoCo's queue and key encoder, NPID's memory bank, split and shuffled BN."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from selfsup.backbones import build_backbone
 from selfsup.data.views import augmented_views
 from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
 from selfsup.errors import UserError
+from selfsup.losses import triplet_loss
 from selfsup.methods import Batch
 from selfsup.methods.moco import MoCo, enqueue
 from selfsup.methods.npid import NPID, bank_update
@@ -195,3 +197,45 @@ def test_a_bad_moco_queue_size_is_refused_before_the_run_folder_is_written(tmp_p
     cfg.method_args = {"queue_size": 144, "symmetric": True, "bn_splits": 1}  # 3 x 48, not a multiple of 96
     with pytest.raises(UserError, match="96 = the global batch, twice that"):
         selfsup.train(cfg, tmp_path / "run", show_progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ triplet
+
+
+def test_triplet_switches_from_random_to_hard_negatives_at_hard_from():
+    from selfsup.methods.triplet import Triplet
+
+    torch.manual_seed(0)
+    m = Triplet(build_backbone("small"), 256, 8, mining="hard", hard_from=0.5, candidates=4, top_k=2)
+    b = batch(8)
+    with torch.no_grad():
+        x = augmented_views(b.images, m.aug, 8, torch.Generator().manual_seed(0))
+        a, p = m.projector(m.backbone(x)).chunk(2)
+    for progress, mining, extra in ((0.2, "random", ()), (0.7, "hard", (4, 2))):
+        b.progress, b.generator = progress, torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            got = m.training_step(b)
+        g = torch.Generator().manual_seed(0)
+        augmented_views(b.images, m.aug, 8, g)  # the draws the step's views consumed
+        torch.testing.assert_close(got, triplet_loss(a, p, 0.5, mining, g, *extra))
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    (dict(mining="random", top_k=4), "apply to mining: hard"),
+    (dict(mining="hard", hard_from=1.5), "hard_from must be in [0, 1]"),
+    (dict(mining="semi"), "'hard' or 'random'"),
+])
+def test_triplet_refuses_bad_options(kwargs, fragment):
+    from selfsup.methods.triplet import Triplet
+
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        Triplet(build_backbone("small"), 256, 8, **kwargs)
+
+
+def test_triplet_refuses_more_hard_negatives_than_the_batch_offers():
+    from selfsup.methods.triplet import Triplet
+
+    m = Triplet(build_backbone("small"), 256, 8, mining="hard", top_k=8)
+    m.check_batch(9)
+    with pytest.raises(UserError, match="more than the 7 negatives"):
+        m.check_batch(8)
