@@ -155,7 +155,8 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     # lightly's step: its loss 0.5 (-cos - cos) is a quarter of the paper's (2 - 2 cos) + (2 - 2 cos) we use
     "byol-sgd-lightly": ("byol", {}, {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4}),
     "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}),
-    "npid-nce": ("npid", {"loss": "nce"}, {}), "npid-nce-t0.5": ("npid", {"loss": "nce", "temperature": 0.5}, {}), "supcon": ("supcon", {}, {}),
+    "npid-nce": ("npid", {"loss": "nce"}, {}),
+    "npid-nce-t0.5": ("npid", {"loss": "nce", "temperature": 0.5}, {}), "supcon": ("supcon", {}, {}),
     "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
     "triplet-paper": ("triplet", {"mining": "hard", "hard_from": 0.1, "candidates": 100, "top_k": 4}, {}),
     "supervised": ("supervised", {}, {}),
