@@ -199,9 +199,10 @@ def test_hue_of_pure_and_grey_colours():
 
 @pytest.fixture(params=[False, True], ids=["subset", "dense"])
 def masked_path(request, monkeypatch):
-    """Run masked ops both ways: on the selected sub-batch (CPU) and on the whole batch, keeping the
-    selected samples (what a GPU mask does, to avoid a host sync); both must match torchvision."""
-    monkeypatch.setattr(A, "_dense", lambda mask: request.param)
+    """Run the ops both ways: the CPU's (masked ops on the selected sub-batch, views one at a time) and the
+    GPU's (masked ops on the whole batch keeping the selected samples, to avoid a host sync; all views in one
+    pass); both must match torchvision."""
+    monkeypatch.setattr(A, "_accelerated", lambda t: request.param)
     return request.param
 
 
@@ -321,6 +322,21 @@ def test_augment_applies_ops_with_their_probabilities():
     jittered = A.augment(images, A.AugmentConfig(**identity_crop, flip_p=0.0, gray_p=0.0), 4, _gen(2))
     changed = (jittered - x).flatten(1).abs().amax(1) > 1e-4
     assert abs(changed.double().mean().item() - 0.8) < 0.03
+
+
+@pytest.mark.parametrize("views", [1, 2, 3])
+def test_augment_shards_views_as_one_process(views, masked_path):
+    """Views made in one call, on 2 ranks, are row for row those of one process with the global batch."""
+    images = _uint8_batch(4, 12)
+    cfg = A.AugmentConfig(blur_p=0.5, solarize_p=0.3)
+    whole = A.augment(images, cfg, 16, _gen(9), views=views)
+    assert whole.shape == (views * 12, 3, 16, 16)
+    per_view = whole.view(views, 12, 3, 16, 16)
+    for v in range(1, views):  # independent draws: no view repeats another
+        assert (per_view[v] - per_view[0]).flatten(1).abs().amax(1).min() > 0
+    for rank in range(2):
+        part = A.augment(images[6 * rank:6 * (rank + 1)], cfg, 16, _gen(9), shard=(rank, 2), views=views)
+        assert torch.equal(part.view(views, 6, 3, 16, 16), per_view[:, 6 * rank:6 * (rank + 1)])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

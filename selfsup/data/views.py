@@ -15,17 +15,19 @@ def prepare(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
-def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One augmented view of every image, float [0, 1]; under torch.distributed each rank draws its slice
-    of the global batch's parameters, so the run augments as a single process would."""
-    return augment(images, cfg, size, generator, shard=(rank(), world_size()))
+def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
+              n: int = 1) -> torch.Tensor:
+    """``n`` independently augmented views of every image, float [0, 1], stacked as ``(n * B, 3, size, size)``;
+    under torch.distributed each rank draws its rows of the global batch's parameters, so the run augments
+    as a single process would."""
+    return augment(images, cfg, size, generator, shard=(rank(), world_size()), views=n)
 
 
 def augmented_views(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,
                     n: int = 2) -> torch.Tensor:
     """``n`` independently augmented views of every image, normalised, stacked as ``(n * B, 3, size, size)``."""
     with record_function("augment"):
-        return prepare(torch.cat([augmented(images, cfg, size, generator) for _ in range(n)]))
+        return prepare(augmented(images, cfg, size, generator, n))
 
 
 def eval_view(images: torch.Tensor, size: int) -> torch.Tensor:
