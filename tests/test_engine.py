@@ -1,15 +1,17 @@
 """Engine: exact resume, NaN stop with the last good checkpoint intact, atomic checkpoints, schedules, EMA."""
 
 import csv
+import time
 
 import pytest
 import torch
 from torch import nn
 
 import selfsup
+import selfsup.engine.checkpoint as C
 from selfsup.config import TrainConfig
 from selfsup.data import load_data
-from selfsup.engine.checkpoint import load_checkpoint, save_checkpoint
+from selfsup.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from selfsup.engine.ema import cosine_tau, ema_update
 from selfsup.engine.optim import LARS, lr_at
 from selfsup.errors import TrainingDiverged
@@ -89,6 +91,44 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError):
         save_checkpoint(path, {"step": 2})
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_background_checkpoint_writes_what_was_there_at_save(tmp_path, monkeypatch):
+    """The training thread may change its tensors at once: the file holds them as they were at save()."""
+    write = C.save_checkpoint
+
+    def slow_write(path, payload):
+        time.sleep(0.2)  # the training thread goes on meanwhile
+        write(path, payload)
+
+    monkeypatch.setattr(C, "save_checkpoint", slow_write)
+    path, writer = tmp_path / "checkpoint.pt", CheckpointWriter()
+    weights = {"w": torch.zeros(3), "bn": {"mean": torch.ones(2)}}
+    for step in (1, 2):  # the second save reuses the first one's buffers, after its write is done
+        writer.save(path, {"step": step, "state": weights, "groups": [{"lr": 0.1 * step}]})
+        weights["w"].add_(1.0)
+        weights["bn"]["mean"].mul_(3.0)
+        writer.wait()
+        ckpt = load_checkpoint(path)
+        assert ckpt["step"] == step and ckpt["groups"] == [{"lr": 0.1 * step}]
+        assert torch.equal(ckpt["state"]["w"], torch.full((3,), step - 1.0))
+        assert torch.equal(ckpt["state"]["bn"]["mean"], torch.full((2,), 3.0 ** (step - 1)))
+
+
+def test_background_checkpoint_error_reaches_the_training_thread(tmp_path, monkeypatch):
+    path, writer = tmp_path / "checkpoint.pt", CheckpointWriter()
+    writer.save(path, {"step": 1, "w": torch.zeros(2)})
+    writer.wait()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    writer.save(path, {"step": 2, "w": torch.ones(2)})
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
     assert load_checkpoint(path)["step"] == 1
 
 

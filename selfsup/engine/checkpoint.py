@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,75 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class CheckpointWriter:
+    """Atomic checkpoint writes in a background thread, so that training goes on while the file is written.
+
+    :meth:`save` costs the caller one copy of the payload's tensors into host buffers (pinned when they come
+    from a GPU, reused from one checkpoint to the next): later steps cannot change what is written. The
+    serialisation, the write and the fsync run in the thread, with :func:`save_checkpoint`'s guarantee that
+    a crash at any moment leaves the previous file intact. One write at a time: :meth:`save` first waits for
+    the one before. :meth:`wait` returns once the last write is on disk and raises its error, if any; call it
+    before reading the file or ending the run.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._buffers: list[torch.Tensor] = []
+
+    def save(self, path: Path, payload: dict[str, Any]) -> None:
+        self.wait()  # the buffers are free again
+        tensors: list[torch.Tensor] = []
+        _tensors(payload, tensors)
+        if [(t.shape, t.dtype) for t in tensors] != [(b.shape, b.dtype) for b in self._buffers]:
+            pin = torch.cuda.is_available() and any(t.is_cuda for t in tensors)
+            self._buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+        for buffer, t in zip(self._buffers, tensors, strict=True):
+            buffer.copy_(t.detach(), non_blocking=True)
+        if any(t.is_cuda for t in tensors):
+            torch.cuda.synchronize()  # the copies have landed before the thread reads them
+        snapshot = _with_tensors(payload, iter(self._buffers))
+        self._thread = threading.Thread(target=self._write, args=(path, snapshot), name="selfsup-checkpoint")
+        self._thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, payload)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _tensors(x: Any, out: list[torch.Tensor]) -> None:
+    """The tensors inside nested dicts, lists and tuples, in a fixed order."""
+    if isinstance(x, torch.Tensor):
+        out.append(x)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _tensors(v, out)
+    elif isinstance(x, list | tuple):
+        for v in x:
+            _tensors(v, out)
+
+
+def _with_tensors(x: Any, replacements: Any) -> Any:
+    """``x`` rebuilt with its tensors taken in :func:`_tensors` order from ``replacements``."""
+    if isinstance(x, torch.Tensor):
+        return next(replacements)
+    if isinstance(x, dict):
+        return {k: _with_tensors(v, replacements) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_with_tensors(v, replacements) for v in x)
+    return x
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from selfsup.config import TrainConfig, config_from_dict, validate
 from selfsup.data.sources import Dataset, load_data
 from selfsup.engine.build import build_method, check_method_args
-from selfsup.engine.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
 from selfsup.engine.distributed import (
     all_reduce_mean,
     barrier,
@@ -225,10 +225,12 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     ckpt_path = out / FILENAME
     logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
 
+    writer = CheckpointWriter()  # written in the background: the next steps run while the file is written
+
     def checkpoint(step: int, finished: bool) -> None:
         if not main:
             return
-        save_checkpoint(ckpt_path, dict(
+        writer.save(ckpt_path, dict(
             config=cfg.to_dict(), step=step, epoch=step // per_epoch, finished=finished,
             state=method.state_dict(), optimizer=optimizer.state_dict(), baseline=baseline,
             train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes,
@@ -237,54 +239,58 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     order, stream, local = None, None, cfg.batch_size // world
     method.train()
     last = total if stop_at is None else min(total, stop_at)
-    for step in range(start, last):
-        epoch, pos = divmod(step, per_epoch)
-        # augmentation parameters are drawn on the device: no host-device traffic in the step
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
-        if streamed:  # workers decode; pinned batches are copied without blocking
-            if stream is None or pos == 0:
-                stream = _open_stream(data.pretrain, cfg, epoch, pos, per_epoch, device)
-            idx, x, y = next(stream)
-            batch = Batch(images=x.to(device, non_blocking=True),
-                          labels=None if y is None else y.to(device, non_blocking=True),
-                          indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
-        else:
-            if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
-                order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
-            # this rank's slice of the global batch: disjoint shards, together exactly one global batch
-            first = pos * cfg.batch_size + rank() * local
-            idx = order[first : first + local]
-            batch = Batch(images=images[idx], labels=None if labels is None else labels[idx],
-                          indices=idx.to(device), generator=generator, progress=step / total)
-        lr = lr_at(step, total, cfg.lr, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device), record_function("forward"):  # views, backbone, heads, loss
-            loss = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("optimizer"):
-            optimizer.step()
-        with record_function("after_step"):
-            method.after_step((step + 1) / total)
-        epoch_end = pos == per_epoch - 1 or step + 1 == last
-        if logger.add(loss.detach(), flush=epoch_end):
-            monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
-            score = knn(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device) \
-                if monitor else None
-            logger.write(step + 1, epoch, lr, score)
-            if not math.isfinite(logger.last_loss):
-                logger.close()
-                kept = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
-                raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
-            if time_limit is not None and step + 1 < last and _out_of_time(started, time_limit, device):
-                last = step + 1
-                epoch_end = True
-        if epoch_end:
-            checkpoint(step + 1, finished=step + 1 == total)
-        if step + 1 == last:
-            break
+    try:
+        for step in range(start, last):
+            epoch, pos = divmod(step, per_epoch)
+            # augmentation parameters are drawn on the device: no host-device traffic in the step
+            generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+            if streamed:  # workers decode; pinned batches are copied without blocking
+                if stream is None or pos == 0:
+                    stream = _open_stream(data.pretrain, cfg, epoch, pos, per_epoch, device)
+                idx, x, y = next(stream)
+                batch = Batch(images=x.to(device, non_blocking=True),
+                              labels=None if y is None else y.to(device, non_blocking=True),
+                              indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
+            else:
+                if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
+                    order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
+                # this rank's slice of the global batch: disjoint shards, together exactly one global batch
+                first = pos * cfg.batch_size + rank() * local
+                idx = order[first : first + local]
+                batch = Batch(images=images[idx], labels=None if labels is None else labels[idx],
+                              indices=idx.to(device), generator=generator, progress=step / total)
+            lr = lr_at(step, total, cfg.lr, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device), record_function("forward"):  # views, backbone, heads, loss
+                loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            with record_function("backward"):
+                loss.backward()
+            with record_function("optimizer"):
+                optimizer.step()
+            with record_function("after_step"):
+                method.after_step((step + 1) / total)
+            epoch_end = pos == per_epoch - 1 or step + 1 == last
+            if logger.add(loss.detach(), flush=epoch_end):
+                monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
+                score = knn(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device) \
+                    if monitor else None
+                logger.write(step + 1, epoch, lr, score)
+                if not math.isfinite(logger.last_loss):
+                    logger.close()
+                    writer.wait()
+                    kept = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
+                    raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
+                if time_limit is not None and step + 1 < last and _out_of_time(started, time_limit, device):
+                    last = step + 1
+                    epoch_end = True
+            if epoch_end:
+                checkpoint(step + 1, finished=step + 1 == total)
+            if step + 1 == last:
+                break
+    finally:
+        writer.wait()
     logger.close()
     if last < total:  # stopped early on request: resumable, not evaluated
         return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
