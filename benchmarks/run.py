@@ -535,7 +535,8 @@ def host(args: argparse.Namespace) -> None:
     path = RESULTS / "host.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     history = old.get("history", {})
-    history[result["commit"]] = dict(views_ops=ops["views"], views_host_us=result["views_host_us"])
+    if not history or list(history.values())[-1]["views_ops"] != ops["views"]:  # a row per change of the views
+        history[result["commit"]] = dict(views_ops=ops["views"], views_host_us=result["views_host_us"])
     result["history"] = history
     print(json.dumps(result), flush=True)
     save(result, "host")
