@@ -152,6 +152,14 @@ def test_byol_tau_schedule_and_ema_closed_form():
     torch.testing.assert_close(target.weight, 0.9**7 * w0 + (1 - 0.9**7) * o)
 
 
+def test_ema_copies_batch_norm_statistics():
+    online, target = (nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)) for _ in range(2))
+    online(torch.randn(16, 3))  # moves the running statistics and the batch counter
+    ema_update(target, online, 0.99)
+    for name, buffer in online.named_buffers():
+        assert torch.equal(dict(target.named_buffers())[name], buffer), name
+
+
 def test_lars_trust_ratio():
     p = nn.Parameter(torch.tensor([3.0, 4.0]))  # |p| = 5
     p.grad = torch.tensor([0.0, 10.0])  # |g| = 10

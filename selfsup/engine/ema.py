@@ -16,8 +16,7 @@ def cosine_tau(base: float, progress: float) -> float:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- tau * target + (1 - tau) * online for parameters; buffers (BN statistics) are copied."""
-    t_params = [p for p in target.parameters()]
-    o_params = [p.detach() for p in online.parameters()]
-    torch._foreach_lerp_(t_params, o_params, 1 - tau)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
+    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - tau)
+    buffers = list(target.buffers())
+    if buffers:  # multi-tensor copy: a few kernel launches instead of one per buffer
+        torch._foreach_copy_(buffers, list(online.buffers()))
