@@ -246,6 +246,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
             if streamed:  # workers decode; pinned batches are copied without blocking
                 if stream is None or pos == 0:
+                    writer.wait()  # no checkpoint thread running while DataLoader workers are forked
                     stream = _open_stream(data.pretrain, cfg, epoch, pos, per_epoch, device)
                 idx, x, y = next(stream)
                 batch = Batch(images=x.to(device, non_blocking=True),
