@@ -530,7 +530,7 @@ def host(args: argparse.Namespace) -> None:
     result = dict(environment(), batch=args.batch_size, image_size=32, threads=1,
                   ops_per_step=ops, views_host_us=round(sorted(times)[len(times) // 2]),
                   checkpoint_ms=checkpoint_cost(method, opt, args.repeats),
-                  note="ops include metadata-only ones (views, unbind) that launch nothing but still cost host "
+                  note="Ops include metadata-only ones (views, unbind) that launch nothing but still cost host "
                        "time; the optimiser is fused SGD, as the trainer's on a GPU")
     path = RESULTS / "host.json"
     old = json.loads(path.read_text()) if path.exists() else {}
