@@ -49,7 +49,7 @@ class CheckpointWriter:
             pin = torch.cuda.is_available() and any(t.is_cuda for t in tensors)
             self._buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
         for buffer, t in zip(self._buffers, tensors, strict=True):
-            buffer.copy_(t.detach(), non_blocking=True)
+            buffer.copy_(t.detach(), non_blocking=t.is_cuda)  # synchronised below
         if any(t.is_cuda for t in tensors):
             torch.cuda.synchronize()  # the copies have landed before the thread reads them
         snapshot = _with_tensors(payload, iter(self._buffers))
