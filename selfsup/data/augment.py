@@ -448,8 +448,9 @@ def augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Gene
     """``views`` random views of every image: RRC -> flip -> colour jitter -> grayscale -> blur -> solarize.
 
     ``images`` is a uint8 (or float [0, 1]) batch ``(B, 3, H, W)``; returns float ``(views * B, 3, size,
-    size)`` in [0, 1] on the same device, view by view, each view independently augmented. All views go
-    through the ops together (one kernel launch per op, not one per op and view). Parameters are drawn from
+    size)`` in [0, 1] on the same device, view by view, each view independently augmented. On an
+    accelerator all views go through the ops together (one kernel launch per op, not one per op and view;
+    see :func:`_accelerated`). Parameters are drawn from
     ``generator``, on its own device (a CPU generator with a CUDA batch works: the parameters are moved
     over); ops whose probability is 0 draw nothing.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,16 @@ class CheckpointWriter:
     def save(self, path: Path, payload: dict[str, Any]) -> None:
         self.wait()  # the buffers are free again
         tensors: list[torch.Tensor] = []
-        _tensors(payload, tensors)
+        _map_tensors(payload, tensors.append)
+        on_gpu = any(t.is_cuda for t in tensors)
         if [(t.shape, t.dtype) for t in tensors] != [(b.shape, b.dtype) for b in self._buffers]:
-            pin = torch.cuda.is_available() and any(t.is_cuda for t in tensors)
-            self._buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+            self._buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=on_gpu) for t in tensors]
         for buffer, t in zip(self._buffers, tensors, strict=True):
             buffer.copy_(t.detach(), non_blocking=t.is_cuda)  # synchronised below
-        if any(t.is_cuda for t in tensors):
+        if on_gpu:
             torch.cuda.synchronize()  # the copies have landed before the thread reads them
-        snapshot = _with_tensors(payload, iter(self._buffers))
+        buffers = iter(self._buffers)
+        snapshot = _map_tensors(payload, lambda _: next(buffers))
         self._thread = threading.Thread(target=self._write, args=(path, snapshot), name="selfsup-checkpoint")
         self._thread.start()
 
@@ -71,26 +73,15 @@ class CheckpointWriter:
             raise error
 
 
-def _tensors(x: Any, out: list[torch.Tensor]) -> None:
-    """The tensors inside nested dicts, lists and tuples, in a fixed order."""
+def _map_tensors(x: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``x`` (nested dicts, lists and tuples) rebuilt with ``fn(t)`` for every tensor ``t``, visited in a
+    fixed order."""
     if isinstance(x, torch.Tensor):
-        out.append(x)
-    elif isinstance(x, dict):
-        for v in x.values():
-            _tensors(v, out)
-    elif isinstance(x, list | tuple):
-        for v in x:
-            _tensors(v, out)
-
-
-def _with_tensors(x: Any, replacements: Any) -> Any:
-    """``x`` rebuilt with its tensors taken in :func:`_tensors` order from ``replacements``."""
-    if isinstance(x, torch.Tensor):
-        return next(replacements)
+        return fn(x)
     if isinstance(x, dict):
-        return {k: _with_tensors(v, replacements) for k, v in x.items()}
+        return {k: _map_tensors(v, fn) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return type(x)(_with_tensors(v, replacements) for v in x)
+        return type(x)(_map_tensors(v, fn) for v in x)
     return x
 
 
