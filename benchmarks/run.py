@@ -31,6 +31,7 @@ import argparse
 import csv
 import json
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,13 @@ def environment() -> dict:
     where the checkout's .git cannot (a copy of the working tree on another machine whose .git lags)."""
     import os
 
-    commit = os.environ.get("SELFSUP_BENCH_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=HERE).stdout.strip()
+    named = os.environ.get("SELFSUP_BENCH_COMMIT")
+    commit = named or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=HERE).stdout
+    # results written by earlier targets do not make the code dirty; a lagging .git cannot say anything
+    dirty = not named and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                          ":!benchmarks/results"], capture_output=True, text=True,
+                                         cwd=HERE).stdout.strip()
     cpu = platform.processor()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -228,9 +232,10 @@ def gpu_speed(dataset, method: str, args: argparse.Namespace, compile: bool = Fa
     with open(out / "metrics.csv") as f:
         windows = [float(r["samples_per_second"]) for r in csv.DictReader(f)][1:]  # first window: warm-up
     sps = sorted(windows)[len(windows) // 2]
-    # FLOPs per sample: two views, forward + backward (3x forward); BYOL adds the target network's forward
-    passes = 3 + (1 if method in ("byol", "moco") else 0)
-    flops = 2 * passes * 2 * R18_CIFAR_GMAC * 1e9
+    # forward-equivalents per sample: forward + backward = 3 per trained view (two for SimCLR, BYOL, Barlow; MoCo's
+    # default trains one query view) plus 1 per target view (BYOL's two, MoCo's key)
+    passes = {"byol": 2 * 3 + 2, "moco": 3 + 1}.get(method, 2 * 3)
+    flops = passes * 2 * R18_CIFAR_GMAC * 1e9
     peak = _peak_flops()
     return dict(method=method, compile=compile, samples_per_second=round(sps), windows=[round(w) for w in windows],
                 seconds_per_epoch=round(len(dataset.pretrain) / sps, 2),
@@ -392,7 +397,7 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
     env, dataset, device = environment(), load_data(args.data), args.device
     path = RESULTS / "gpu_accuracy.json"
     result = json.loads(path.read_text()) if path.exists() else dict(name="gpu-accuracy", runs={})
-    key = f"diagnostics_{args.epochs}_epochs"
+    key = f"diagnostics_vs_lightly_{args.epochs}_epochs"
     table = result.setdefault(key, {})
     table.update(purpose="is the gap to lightly's 84.8% kNN in the data, the optimiser, batch norm or the pipeline?",
                  command=env["command"], commit=env["commit"], gpu=env["gpu"])
@@ -728,7 +733,7 @@ def _gpu_sections() -> list[str]:
                   f"torch {r['torch']}; `python benchmarks/run.py gpu` (median of {r['steps']}-step runs' log windows, "
                   "first window left out). One sample = one image with both views. MFU: share of the datasheet dense "
                   "bf16 peak (989 TFLOP/s), counting 0.56 GMAC per view forward, backward = 2x forward, plus the "
-                  "target network's forward for BYOL.\n",
+                  "target network's forwards (BYOL: two views; MoCo: one key view for its one query view).\n",
                   _md(["run", "samples/s", "s/epoch", "min / 200 epochs", "peak GiB", "TFLOP/s", "MFU %",
                                 "commit"], rows)]
         if "lightly" in r and "simclr" in r.get("speed", {}):
@@ -755,7 +760,7 @@ def _gpu_sections() -> list[str]:
                       _md(["phase", "GPU kernel ms/step", "host ms/step"], rows), ""]
     r = _load("gpu_accuracy")
     if r:
-        rows = [[n, m["epochs"], m["batch_size"], _pct(m["knn_top1"]), _pct(m["linear_top1"]),
+        rows = [[n, f"{m['epochs']:g}", m["batch_size"], _pct(m["knn_top1"]), _pct(m["linear_top1"]),
                  _pct(m["random_init_knn_top1"]), round(m["train_seconds"] / 60, 1), f"{m['samples_per_second']:,.0f}",
                  m["commit"]] for n, m in r["runs"].items()]
         gpus = ", ".join(sorted({m["gpu"] or "CPU" for m in r["runs"].values()}))
@@ -763,11 +768,14 @@ def _gpu_sections() -> list[str]:
                   "`python benchmarks/run.py gpu-accuracy --config recipes/cifar10/<method>.yaml[,...]`\n",
                   _md(["recipe", "epochs", "batch", "kNN %", "linear %", "random-init kNN %", "train min",
                                 "samples/s", "commit"], rows)]
-        if "diagnostics_25_epochs" in r:
-            d = r["diagnostics_25_epochs"]
-            rows = [[k, _pct(v["knn_top1"]), _pct(v["linear_top1"]), f"{v['samples_per_second']:,}",
-                     v.get("commit", "")] for k, v in d.items() if isinstance(v, dict)]
-            parts += [f"\n{d['purpose']} (25 epochs each; `python benchmarks/run.py gpu-diagnose`):\n",
+        for key, d in r.items():
+            if not key.startswith("diagnostics"):
+                continue
+            rows = [[k, _pct(v["knn_top1"]), _pct(v["linear_top1"]), f"{round(v['samples_per_second']):,}",
+                     v.get("commit", d.get("commit", ""))] for k, v in d.items() if isinstance(v, dict)]
+            epochs = re.search(r"(\d+)_epochs", key)
+            what = d["purpose"][:1].upper() + d["purpose"][1:]
+            parts += [f"\n{what} ({epochs[1] if epochs else '?'} epochs each; `{d['command']}`):\n",
                       _md(["variant", "kNN %", "linear %", "samples/s", "commit"], rows),
                       f"\n{d['conclusion']}.\n" if "conclusion" in d else ""]
     r = _load("gpu_jpeg")
