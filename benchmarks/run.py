@@ -488,6 +488,38 @@ def checkpoint_cost(method: torch.nn.Module, opt: torch.optim.Optimizer, repeats
                 note="the first background save allocates its buffers; later ones reuse them")
 
 
+HOST_RECIPES = ("simclr", "moco", "byol", "barlow", "supcon")
+
+
+def recipe_ops(name: str, images: torch.Tensor) -> dict[str, int]:
+    """ATen ops of one training step of ``recipes/cifar10/<name>.yaml`` (its method, options and optimiser) on the
+    GPU code path, channels-last as on a GPU: forward (views included), backward, optimiser step + after_step."""
+    from selfsup.config import config_from_dict, load_config
+    from selfsup.engine.build import build_method
+    from selfsup.engine.optim import build_optimizer
+    from selfsup.methods.base import Batch
+
+    cfg = config_from_dict({**load_config(HERE.parent / f"recipes/cifar10/{name}.yaml"), "batch_size": len(images)})
+    method = build_method(cfg, 32, 10).to(memory_format=torch.channels_last)
+    opt = build_optimizer(method, cfg.optimizer or "sgd", 0.1, 0.9, cfg.weight_decay or 0.0, fused=True)
+    labels = torch.arange(len(images)) % 10
+    ops = {}
+    for step in range(2):  # the second step is the steady state (first-step state is built in the first)
+        batch = Batch(images, labels, torch.arange(len(images)), torch.Generator().manual_seed(step), 0.0)
+        with _OpCounter() as c:
+            loss = method.training_step(batch)
+        ops["forward"] = c.n
+        with _OpCounter() as c:
+            loss.backward()
+        ops["backward"] = c.n
+        with _OpCounter() as c:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            method.after_step(0.5)
+        ops["optimizer_and_after_step"] = c.n
+    return ops
+
+
 def host(args: argparse.Namespace) -> None:
     """The host side of one SimCLR ResNet-18 step on the GPU code path, measured on the CPU.
 
@@ -512,6 +544,9 @@ def host(args: argparse.Namespace) -> None:
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
     batch = Batch(images, None, torch.arange(args.batch_size), gen, 0.0)
+    method.training_step(batch).backward()  # a first step builds the state (optimiser momenta) that later reuse
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     ops = {}
     with _OpCounter() as c:
         augmented_views(images, method.aug, 32, gen)
@@ -534,6 +569,7 @@ def host(args: argparse.Namespace) -> None:
         times.append((time.perf_counter() - start) / args.calls * 1e6)
     result = dict(environment(), batch=args.batch_size, image_size=32, threads=1,
                   ops_per_step=ops, views_host_us=round(sorted(times)[len(times) // 2]),
+                  recipe_ops_per_step={name: recipe_ops(name, images) for name in HOST_RECIPES},
                   checkpoint_ms=checkpoint_cost(method, opt, args.repeats),
                   note="Ops include metadata-only ones (views, unbind) that launch nothing but still cost host "
                        "time; the optimiser is fused SGD, as the trainer's on a GPU")
@@ -543,6 +579,11 @@ def host(args: argparse.Namespace) -> None:
     if not history or list(history.values())[-1]["views_ops"] != ops["views"]:  # a row per change of the views
         history[result["commit"]] = dict(views_ops=ops["views"], views_host_us=result["views_host_us"])
     result["history"] = history
+    totals = {name: sum(r.values()) for name, r in result["recipe_ops_per_step"].items()}
+    recipe_history = old.get("recipe_history", {})
+    if not recipe_history or list(recipe_history.values())[-1] != totals:  # a row per change of any recipe's step
+        recipe_history[result["commit"]] = totals
+    result["recipe_history"] = recipe_history
     print(json.dumps(result), flush=True)
     save(result, "host")
 
@@ -704,7 +745,19 @@ def _host_section() -> list[str]:
             _md(["phase", "ATen ops"], rows),
             "\nThe views (two-view augmentation) by commit: ops per step and host microseconds per step "
             "(batch 8, so per-op overhead is what the clock sees):\n",
-            _md(["commit", "ops", "host us"], history), ""] + _checkpoint_lines(r)
+            _md(["commit", "ops", "host us"], history), ""] + _recipe_ops_lines(r) + _checkpoint_lines(r)
+
+
+def _recipe_ops_lines(r: dict) -> list[str]:
+    if "recipe_ops_per_step" not in r:
+        return []
+    rows = [[name, *ops.values(), sum(ops.values())] for name, ops in r["recipe_ops_per_step"].items()]
+    names = list(r["recipe_ops_per_step"])
+    history = [[commit, *(f"{totals.get(n, ''):,}" for n in names)] for commit, totals in r["recipe_history"].items()]
+    return ["ATen ops per training step of each CIFAR-10 recipe (`recipes/cifar10/<name>.yaml`: its method options "
+            "and optimiser; channels-last; forward includes the views):\n",
+            _md(["recipe", "forward", "backward", "optimiser + after_step", "total"], rows),
+            "\nTotal ops per step by commit:\n", _md(["commit", *names], history), ""]
 
 
 def _checkpoint_lines(r: dict) -> list[str]:

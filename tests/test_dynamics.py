@@ -12,7 +12,7 @@ from selfsup.backbones import build_backbone
 from selfsup.data.views import augmented_views
 from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
 from selfsup.errors import UserError
-from selfsup.losses import triplet_loss
+from selfsup.losses import info_nce, triplet_loss
 from selfsup.methods import Batch
 from selfsup.methods.moco import MoCo, enqueue
 from selfsup.methods.npid import NPID, bank_update
@@ -157,8 +157,9 @@ def test_batch_shuffle_and_unshuffle_restore_the_order(n):
     assert torch.equal(batch_unshuffle(shuffled * 2 + 1, idx), x * 2 + 1)  # a per-sample function of it
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("splits", [1, 2, 4])
-def test_split_bn_equals_bn_on_each_sub_batch(splits):
+def test_split_bn_equals_bn_on_each_sub_batch(splits, memory_format):
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)
     with torch.no_grad():
@@ -168,11 +169,16 @@ def test_split_bn_equals_bn_on_each_sub_batch(splits):
     reference = [nn.BatchNorm2d(3) for _ in range(splits)]
     for r in reference:
         r.load_state_dict(bn.state_dict())
-    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    x = (torch.randn(8, 3, 5, 5) * 3 + 1).to(memory_format=memory_format)
     for _ in range(2):  # twice: running statistics carry over
-        out = split(x)
-        expected = torch.cat([r(part) for r, part in zip(reference, x.chunk(splits))])
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        out = split(xs[0])
+        expected = torch.cat([r(part) for r, part in zip(reference, xs[1].chunk(splits))])
         torch.testing.assert_close(out, expected)
+        assert out.is_contiguous(memory_format=memory_format)  # the next convolution gets the layout it expects
+        grad = torch.randn_like(out)
+        out.backward(grad), expected.backward(grad)
+        torch.testing.assert_close(xs[0].grad, xs[1].grad)
     torch.testing.assert_close(split.running_mean, torch.stack([r.running_mean for r in reference]).mean(0))
     torch.testing.assert_close(split.running_var, torch.stack([r.running_var for r in reference]).mean(0))
     split.eval()
@@ -239,3 +245,45 @@ def test_triplet_refuses_more_hard_negatives_than_the_batch_offers():
     m.check_batch(9)
     with pytest.raises(UserError, match="more than the 7 negatives"):
         m.check_batch(8)
+
+
+def test_symmetric_moco_encodes_both_views_in_one_pass_as_two_separate_passes_would():
+    m = small_moco(symmetric=True)  # bn_splits 2: every split layer holds 2 groups per view
+    assert {mod.num_splits for mod in m.backbone.modules() if isinstance(mod, SplitBatchNorm2d)} == {4}
+    reference = copy.deepcopy(m)
+    for mod in [*reference.backbone.modules(), *reference.key_backbone.modules()]:
+        if isinstance(mod, SplitBatchNorm2d):
+            mod.num_splits = 2  # one pass per view: 2 groups each
+    loss = m.training_step(batch(8))
+    loss.backward()
+
+    b = batch(8)  # the same images and generator state
+    x1, x2 = augmented_views(b.images, reference.aug, reference.image_size, b.generator).chunk(2)
+    keys = []
+    with torch.no_grad():
+        for xk in (x2, x1):
+            shuffled, unshuffle = batch_shuffle(xk, b.generator)
+            k = F.normalize(reference.key_projector(reference.key_backbone(shuffled)), dim=1)
+            keys.append(batch_unshuffle(k, unshuffle))
+    expected = sum(info_nce(reference.projector(reference.backbone(xq)), k, reference.queue, reference.temperature)
+                   for xq, k in zip((x1, x2), keys))
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(m._keys, torch.cat(keys))
+    for p, r in zip(m.backbone.parameters(), reference.backbone.parameters()):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+def test_moco_refuses_a_batch_that_its_bn_splits_do_not_divide():
+    with pytest.raises(UserError, match="batch of 12 does not split into bn_splits=8"):
+        small_moco(bn_splits=8).check_batch(12)
+
+
+def test_moco_key_encoder_keeps_the_query_encoders_bn_statistics():
+    m = small_moco(symmetric=True)
+    before = [b.clone() for b in m.key_backbone.buffers()]
+    m.training_step(batch(8)).backward()
+    assert all(torch.equal(b0, b1) for b0, b1 in zip(before, m.key_backbone.buffers()))  # not tracked there
+    assert not all(torch.equal(b0, b1) for b0, b1 in zip(before, m.backbone.buffers()))  # the query encoder's moved
+    m.after_step(0.5)
+    assert all(torch.equal(k, q) for k, q in zip(m.key_backbone.buffers(), m.backbone.buffers()))

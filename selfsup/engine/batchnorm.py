@@ -47,13 +47,20 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                 momentum = 1.0 / float(self.num_batches_tracked)
         # sub-batch k = samples [k*n/g, (k+1)*n/g) becomes channel block k of one (n/g, g*c) batch
-        grouped = x.reshape(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)
-        stats = [None if s is None else s.repeat(g) for s in (self.running_mean, self.running_var)]
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if channels_last:  # regroup whole pixels in the (n, h, w, c) storage; the output stays channels-last
+            grouped = x.view(g, n // g, c, h, w).permute(1, 3, 4, 0, 2).reshape(n // g, h, w, g * c).permute(0, 3, 1, 2)
+        else:
+            grouped = x.reshape(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)
+        track = self.track_running_stats
+        stats = [s.repeat(g) for s in (self.running_mean, self.running_var)] if track else [None, None]
         affine = [None if p is None else p.repeat(g) for p in (self.weight, self.bias)]
         out = F.batch_norm(grouped, stats[0], stats[1], affine[0], affine[1], True, momentum, self.eps)
-        if self.track_running_stats:
+        if track:
             self.running_mean.copy_(stats[0].view(g, c).mean(0))
             self.running_var.copy_(stats[1].view(g, c).mean(0))
+        if channels_last:
+            return out.view(n // g, g, c, h, w).permute(1, 0, 3, 4, 2).reshape(n, h, w, c).permute(0, 3, 1, 2)
         return out.reshape(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
 
     @classmethod

@@ -42,7 +42,9 @@ class MoCo(Method):
     blur (p = 0.5) when images are at least 64 px (``blur``). ``symmetric``: also use view 2 as query and
     view 1 as key (both keys are enqueued). Batch norm cannot leak: keys are computed on a batch shuffled
     across ranks (:func:`batch_shuffle`), and in a single process both encoders normalise in ``bn_splits``
-    sub-batches (:class:`SplitBatchNorm2d`), as ``bn_splits`` GPUs would.
+    sub-batches (:class:`SplitBatchNorm2d`), as ``bn_splits`` GPUs would. Each encoder runs once per step:
+    with ``symmetric`` it encodes both views in one batch whose split batch norm keeps every view's
+    sub-batches apart, as two passes would (half the kernel launches).
     """
 
     name = "moco"
@@ -65,15 +67,23 @@ class MoCo(Method):
             self.projector = MLP(self.feat_dim, proj_hidden_dim or self.feat_dim, proj_dim, hidden_bn=False)
         if version == 2 and blur and self.image_size >= 64 and self.aug.blur_p == 0:
             self.aug = replace(self.aug, blur_p=0.5)
-        if bn_splits > 1 and not is_distributed():
-            self.backbone = SplitBatchNorm2d.convert(self.backbone, bn_splits)
+        self.bn_splits = 1 if is_distributed() else bn_splits  # under DDP each rank is one BN group
+        views_per_pass = 2 if symmetric else 1  # batch norm never mixes the two views of a pass
+        if self.bn_splits * views_per_pass > 1:
+            self.backbone = SplitBatchNorm2d.convert(self.backbone, self.bn_splits * views_per_pass)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
+        for bn in self.key_backbone.modules():  # its BN statistics are the query encoder's, copied every step
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                bn.track_running_stats = False
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._keys: torch.Tensor | None = None
 
     def check_batch(self, global_batch: int) -> None:
+        if global_batch % self.bn_splits:
+            raise UserError(f"moco: a batch of {global_batch} does not split into bn_splits={self.bn_splits} equal "
+                            "batch-norm groups; use a batch size divisible by it (or change bn_splits)")
         per_step = global_batch * (2 if self.symmetric else 1)
         if self.queue.shape[0] % per_step:
             raise UserError(f"moco: the queue size {self.queue.shape[0]} must be divisible by the number of keys "
@@ -81,17 +91,18 @@ class MoCo(Method):
                             f"{', twice that with symmetric=true' if self.symmetric else ''}); change queue_size")
 
     @torch.no_grad()
-    def _key(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        shuffled, unshuffle = batch_shuffle(x, generator)
-        k = F.normalize(self.key_projector(self.key_backbone(shuffled)).float(), dim=1)
-        return batch_unshuffle(k, unshuffle)
+    def _keys_of(self, views: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """Normalised keys of each view, from one key-encoder pass; each view is shuffled on its own."""
+        shuffled = [batch_shuffle(x, generator) for x in views]
+        k = F.normalize(self.key_projector(self.key_backbone(torch.cat([x for x, _ in shuffled]))).float(), dim=1)
+        return [batch_unshuffle(part, unshuffle) for part, (_, unshuffle) in zip(k.chunk(len(views)), shuffled)]
 
     def training_step(self, batch: Batch) -> torch.Tensor:
-        x1, x2 = augmented_views(batch.images, self.aug, self.image_size, batch.generator).chunk(2)
-        pairs = [(x1, x2), (x2, x1)] if self.symmetric else [(x1, x2)]
-        keys = [self._key(xk, batch.generator) for _, xk in pairs]
-        losses = [info_nce(self.projector(self.backbone(xq)), k, self.queue, self.temperature)
-                  for (xq, _), k in zip(pairs, keys)]
+        x = augmented_views(batch.images, self.aug, self.image_size, batch.generator)
+        x1, x2 = x.chunk(2)
+        keys = self._keys_of([x2, x1] if self.symmetric else [x2], batch.generator)
+        queries = self.projector(self.backbone(x if self.symmetric else x1)).chunk(len(keys))
+        losses = [info_nce(q, k, self.queue, self.temperature) for q, k in zip(queries, keys)]
         self._keys = gather(torch.cat(keys))
         return torch.stack(losses).sum()
 
