@@ -16,7 +16,7 @@ def cosine_tau(base: float, progress: float) -> float:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """target <- tau * target + (1 - tau) * online for parameters; buffers (BN statistics) are copied."""
-    torch._foreach_lerp_(list(target.parameters()), [p.detach() for p in online.parameters()], 1 - tau)
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - tau)  # no_grad: no detach
     buffers = list(target.buffers())
     if buffers:  # multi-tensor copy: a few kernel launches instead of one per buffer
         torch._foreach_copy_(buffers, list(online.buffers()))
