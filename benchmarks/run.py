@@ -744,7 +744,8 @@ def _host_section() -> list[str]:
             f"{r['note']}.\n",
             _md(["phase", "ATen ops"], rows),
             "\nThe views (two-view augmentation) by commit: ops per step and host microseconds per step "
-            "(batch 8, so per-op overhead is what the clock sees):\n",
+            "(batch 8, so per-op overhead is what the clock sees; on this shared 2-core machine the microseconds "
+            "vary by up to half between runs, the op counts do not):\n",
             _md(["commit", "ops", "host us"], history), ""] + _recipe_ops_lines(r) + _checkpoint_lines(r)
 
 
