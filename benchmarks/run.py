@@ -381,6 +381,17 @@ DIAGNOSES = {
     "wd-everywhere": "lightly's optimiser: weight decay on every parameter (norms and biases too), no warmup",
     "bn-per-view": "lightly's forward: one backbone pass per view, so batch norm sees each view's batch alone",
     "lightly": "lightly 1.6's SimCLR itself (per-image PIL transforms), same data, backbone, batch, lr, epochs",
+    "strong-jitter": "colour jitter of strength 1 (0.8, 0.8, 0.8, 0.2), as SimCLR's paper and solo-learn use",
+    "solo-learn": "solo-learn's CIFAR settings: LARS at 0.4 per 256 images, wd 1e-5, T 0.2, projector 2048-2048-256, "
+                  "jitter 0.8/0.8/0.8/0.2, solarize 0.1",
+}
+STRONG_JITTER = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2}
+RECIPE_CHANGES = {  # what each diagnosis changes in recipes/cifar10/simclr.yaml
+    "wd-everywhere": {"warmup_epochs": 0},
+    "strong-jitter": {"augment": STRONG_JITTER},
+    "solo-learn": {"optimizer": "lars", "lr": 0.8, "weight_decay": 1e-5,
+                   "augment": {**STRONG_JITTER, "solarize_p": 0.1},
+                   "method_args": {"temperature": 0.2, "proj_hidden_dim": 2048, "proj_dim": 256}},
 }
 
 
@@ -416,7 +427,7 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
             timing = json.loads((out / "timing.json").read_text())
             row = dict(**scores, samples_per_second=round(timing["samples_per_second"]))
         else:
-            cfg = config_from_dict(recipe if part != "wd-everywhere" else {**recipe, "warmup_epochs": 0})
+            cfg = config_from_dict({**recipe, **RECIPE_CHANGES.get(part, {})})
             saved = optim.param_groups, SimCLR.training_step
             if part == "wd-everywhere":
                 optim.param_groups = lambda model, wd: [dict(params=list(model.parameters()), weight_decay=wd)]
