@@ -10,8 +10,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.backbones import build_backbone
 from selfsup.data.views import augmented_views
-from selfsup.engine.batchnorm import batch_shuffle, batch_unshuffle
+from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
 from selfsup.losses import barlow_twins_loss, cross_correlation, nt_xent, supcon_loss, triplet_loss
 from selfsup.methods import Batch
 from selfsup.methods.moco import MoCo
@@ -138,6 +139,14 @@ def _moco_rank(rank, images):
     queues = [torch.empty_like(moco.queue) for _ in range(WORLD)]
     dist.all_gather(queues, moco.queue)
     assert torch.equal(queues[0], queues[1]) and int(moco.queue_ptr) == WORLD * n
+
+    # symmetric, with batch norm: under DDP each rank is one BN group per view (bn_splits applies to one process)
+    sym = MoCo(build_backbone("small"), 256, 8, queue_size=16, proj_dim=4, symmetric=True, bn_splits=8)
+    for encoder in (sym.backbone, sym.key_backbone):
+        assert {m.num_splits for m in encoder.modules() if isinstance(m, SplitBatchNorm2d)} == {2}
+    sym.training_step(batch).backward()
+    sym.after_step(0.1)
+    assert int(sym.queue_ptr) == 2 * WORLD * n
 
 
 def test_moco_queue_gets_every_ranks_keys_and_shuffle_is_global():
