@@ -46,6 +46,7 @@ from selfsup.data import load_data
 from selfsup.data.augment import AugmentConfig, augment
 from selfsup.evaluate import probe
 from selfsup.evaluate.report import format_table
+from selfsup.methods.base import Batch
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -508,26 +509,30 @@ def recipe_ops(name: str, images: torch.Tensor) -> dict[str, int]:
     from selfsup.config import config_from_dict, load_config
     from selfsup.engine.build import build_method
     from selfsup.engine.optim import build_optimizer
-    from selfsup.methods.base import Batch
 
     cfg = config_from_dict({**load_config(HERE.parent / f"recipes/cifar10/{name}.yaml"), "batch_size": len(images)})
     method = build_method(cfg, 32, 10).to(memory_format=torch.channels_last)
     opt = build_optimizer(method, cfg.optimizer or "sgd", 0.1, 0.9, cfg.weight_decay or 0.0, fused=True)
     labels = torch.arange(len(images)) % 10
-    ops = {}
     for step in range(2):  # the second step is the steady state (first-step state is built in the first)
-        batch = Batch(images, labels, torch.arange(len(images)), torch.Generator().manual_seed(step), 0.0)
-        with _OpCounter() as c:
-            loss = method.training_step(batch)
-        ops["forward"] = c.n
-        with _OpCounter() as c:
-            loss.backward()
-        ops["backward"] = c.n
-        with _OpCounter() as c:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            method.after_step(0.5)
-        ops["optimizer_and_after_step"] = c.n
+        ops = _step_ops(method, opt, Batch(images, labels, torch.arange(len(images)),
+                                           torch.Generator().manual_seed(step), 0.0))
+    return ops
+
+
+def _step_ops(method: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch) -> dict[str, int]:
+    """ATen ops of one training step: forward (views included), backward, optimiser step + after_step."""
+    with _OpCounter() as c:
+        loss = method.training_step(batch)
+    ops = {"forward": c.n}
+    with _OpCounter() as c:
+        loss.backward()
+    ops["backward"] = c.n
+    with _OpCounter() as c:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        method.after_step(0.5)
+    ops["optimizer_and_after_step"] = c.n
     return ops
 
 
@@ -545,7 +550,6 @@ def host(args: argparse.Namespace) -> None:
     from selfsup.data.views import augmented_views
     from selfsup.engine.build import build_method
     from selfsup.engine.optim import build_optimizer
-    from selfsup.methods.base import Batch
 
     A._accelerated = lambda t: True  # the GPU's code path
     torch.set_num_threads(1)
@@ -555,23 +559,12 @@ def host(args: argparse.Namespace) -> None:
     images = torch.randint(0, 256, (args.batch_size, 3, 32, 32), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
     batch = Batch(images, None, torch.arange(args.batch_size), gen, 0.0)
-    method.training_step(batch).backward()  # a first step builds the state (optimiser momenta) that later reuse
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    ops = {}
+    _step_ops(method, opt, batch)  # a first step builds the state (optimiser momenta) that later steps reuse
     with _OpCounter() as c:
         augmented_views(images, method.aug, 32, gen)
-    ops["views"] = c.n
-    with _OpCounter() as c:
-        loss = method.training_step(batch)
-    ops["backbone_head_loss"] = c.n - ops["views"]
-    with _OpCounter() as c:
-        loss.backward()
-    ops["backward"] = c.n
-    with _OpCounter() as c:
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    ops["optimizer"] = c.n
+    step = _step_ops(method, opt, batch)
+    ops = dict(views=c.n, backbone_head_loss=step["forward"] - c.n, backward=step["backward"],
+               optimizer=step["optimizer_and_after_step"])
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
