@@ -158,7 +158,10 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "byol": ("byol", {}, {}), "byol-sgd": ("byol", {}, {"optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4}),
     # lightly's step: its loss 0.5 (-cos - cos) is a quarter of the paper's (2 - 2 cos) + (2 - 2 cos) we use
     "byol-sgd-lightly": ("byol", {}, {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4}),
+    # solo-learn's CIFAR LARS (trust coefficient 0.02, the step capped at the scheduled lr) and its rates
+    "byol-lars-solo": ("byol", {}, {"lr": 1.0, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}),
     "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}),
+    "barlow-lars-solo": ("barlow", {}, {"lr": 0.3, "weight_decay": 1e-4, "lars_eta": 0.02, "lars_clip": True}),
     "npid-nce": ("npid", {"loss": "nce"}, {}),
     "npid-nce-t0.5": ("npid", {"loss": "nce", "temperature": 0.5}, {}), "supcon": ("supcon", {}, {}),
     "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),

@@ -25,6 +25,8 @@ class TrainConfig:
     lr: float | None = None  # default: method.base_lr * batch_size / 256
     weight_decay: float | None = None
     optimizer: str | None = None  # sgd | lars
+    lars_eta: float = 0.001  # LARS trust coefficient (the papers' 1e-3; solo-learn's CIFAR recipes: 0.02)
+    lars_clip: bool = False  # LARS step min(eta |p|/|g|, lr) instead of lr * eta |p|/|g| (solo-learn)
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     image_size: int | None = None
@@ -83,6 +85,14 @@ def validate(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer (got {v})")
     if cfg.lr is not None and not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
+    if not cfg.lars_eta > 0:
+        raise UserError(f"lars_eta must be positive (got {cfg.lars_eta})")
+    for name in ("weight_decay", "momentum", "warmup_epochs"):
+        v = getattr(cfg, name)
+        if v is not None and not v >= 0:
+            raise UserError(f"{name} must not be negative (got {v})")
+    if not isinstance(cfg.knn_every, int) or cfg.knn_every < 0:
+        raise UserError(f"--knn-every must be a non-negative integer (got {cfg.knn_every})")
     if cfg.epochs is not None and cfg.steps is not None:
         raise UserError("give --epochs or --steps, not both")
     if cfg.optimizer not in (None, "sgd", "lars"):

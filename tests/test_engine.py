@@ -169,9 +169,19 @@ def test_lars_trust_ratio():
     torch.testing.assert_close(p.detach(), torch.tensor([3.0, 4.0 - 0.005]))
 
 
-def _lars_reference(steps, params, grads, groups, lr, momentum, eta):
+@pytest.mark.parametrize("lr, expected", [(1.0, 4.0 - 0.1), (0.001, 4.0 - 0.01)])
+def test_lars_clip_caps_the_step_at_the_scheduled_lr(lr, expected):
+    p = nn.Parameter(torch.tensor([3.0, 4.0]))  # |p| = 5
+    p.grad = torch.tensor([0.0, 10.0])  # |g| = 10: eta |p| / |g| = 0.01
+    LARS([dict(params=[p], weight_decay=0.0)], lr=lr, momentum=0.0, trust_coefficient=0.02, clip=True).step()
+    # step = min(eta |p| / |g|, lr) * g: the adaptive rate 0.01 at lr 1, capped at lr 0.001 below it
+    torch.testing.assert_close(p.detach(), torch.tensor([3.0, expected]))
+
+
+def _lars_reference(steps, params, grads, groups, lr, momentum, eta, clip=False):
     """LARS (You et al., 2017, algorithm 1) one parameter at a time in float64: d = g + wd p, local
-    lr = eta |p| / |d| (1 if either norm is 0) on LARS groups, v = m v + d, p = p - lr v."""
+    lr = eta |p| / |d| (1 if either norm is 0) on LARS groups, v = m v + d, p = p - lr v. With ``clip``
+    (solo-learn's LARS, ``clip_lr``) the local lr is min(eta |p| / |d| / lr, 1)."""
     params = [p.double().clone() for p in params]
     bufs = [None] * len(params)
     for step in range(steps):
@@ -180,13 +190,15 @@ def _lars_reference(steps, params, grads, groups, lr, momentum, eta):
             d = g + wd * params[i]
             if lars:
                 pn, dn = params[i].norm(), d.norm()
-                d = d * (eta * pn / dn if pn > 0 and dn > 0 else 1.0)
+                local = eta * pn / dn if pn > 0 and dn > 0 else 1.0
+                d = d * (min(local / lr, 1.0) if clip else local)
             bufs[i] = d if bufs[i] is None else momentum * bufs[i] + d
             params[i] = params[i] - lr * bufs[i]
     return params
 
 
-def test_lars_matches_per_parameter_reference_over_steps():
+@pytest.mark.parametrize("clip, eta", [(False, 0.01), (True, 0.3)])
+def test_lars_matches_per_parameter_reference_over_steps(clip, eta):
     g = torch.Generator().manual_seed(0)
     shapes = [(8, 4), (16,), (3, 3, 2, 2), (5,)]
     init = [torch.randn(s, generator=g) for s in shapes]
@@ -194,14 +206,17 @@ def test_lars_matches_per_parameter_reference_over_steps():
     groups = [(1e-2, True), (0.0, False), (1e-2, True), (1e-2, True)]
     grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(4)]
     grads[1][2].zero_()  # a zero update at one step
+    for step_grads in grads:  # small gradients: a large trust ratio, which clip=True caps at 1
+        step_grads[2] *= 0.05
     params = [nn.Parameter(p.clone()) for p in init]
     opt = LARS([dict(params=[params[0], params[2], params[3]], weight_decay=1e-2),
-                dict(params=[params[1]], weight_decay=0.0, lars=False)], lr=0.5, momentum=0.9, trust_coefficient=0.01)
+                dict(params=[params[1]], weight_decay=0.0, lars=False)], lr=0.5, momentum=0.9, trust_coefficient=eta,
+               clip=clip)
     for step in range(4):
         for p, grad in zip(params, grads[step]):
             p.grad = grad.clone()
         opt.step()
-    expected = _lars_reference(4, init, grads, groups, lr=0.5, momentum=0.9, eta=0.01)
+    expected = _lars_reference(4, init, grads, groups, lr=0.5, momentum=0.9, eta=eta, clip=clip)
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-6)
     # the state dict keeps one momentum buffer per parameter (checkpoints stay compatible)

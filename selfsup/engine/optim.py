@@ -11,21 +11,25 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios (You et al., 2017), as SimCLR/BYOL use it.
 
-    Parameters in groups with ``lars=False`` (biases, norms) get plain SGD with no weight decay.
+    Parameters in groups with ``lars=False`` get plain SGD (``param_groups`` puts biases and norms
+    there, without weight decay). ``clip=True`` is solo-learn's variant for short CIFAR schedules (used
+    with ``trust_coefficient=0.02``): a parameter's step size is ``min(eta |p| / |d|, lr)`` rather than
+    ``lr * eta |p| / |d|``, so the schedule only caps the adaptive rate.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
+                 trust_coefficient: float = 0.001, clip: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient, lars=True))
+                                      trust_coefficient=trust_coefficient, clip=clip, lars=True))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
         """One update of every parameter with a handful of multi-tensor (``torch._foreach``) kernels per
         group, not a dozen small kernels per parameter: on a GPU the step is bound by kernel launches.
 
-        Per parameter: d = g + wd * p; on LARS groups d *= eta |p| / |d| (1 where either norm is 0);
-        buf = momentum * buf + d (buf = d at the first step); p -= lr * buf. ``d`` is built in place of
+        Per parameter: d = g + wd * p; on LARS groups d *= r with r = eta |p| / |d| (1 where either
+        norm is 0), or with ``clip`` r = min(eta |p| / |d| / lr, 1); buf = momentum * buf + d (buf = d at
+        the first step); p -= lr * buf. ``d`` is built in place of
         the gradient (no second copy of the model per step), so after ``step`` the ``.grad`` tensors hold
         the scaled update; the trainer clears them before the next backward anyway.
         """
@@ -40,6 +44,8 @@ class LARS(torch.optim.Optimizer):
             if group["lars"]:
                 pn, dn = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
                 ratio = torch.where((pn > 0) & (dn > 0), group["trust_coefficient"] * pn / dn, 1.0)
+                if group["clip"] and group["lr"] > 0:
+                    ratio = (ratio / group["lr"]).clamp_(max=1.0)
                 torch._foreach_mul_(d, list(ratio.to(d[0].dtype).unbind()))
             states = [self.state[p] for p in params]
             if all("momentum_buffer" in s for s in states):
@@ -64,10 +70,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
-                    fused: bool = False) -> torch.optim.Optimizer:
+                    fused: bool = False, lars_eta: float = 0.001, lars_clip: bool = False) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
+        return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=lars_eta, clip=lars_clip)
     for g in groups:
         g.pop("lars", None)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused or None)

@@ -196,7 +196,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
                 **NO_BUFFER_SYNC) if world > 1 else method
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                fused=device.type == "cuda" and cfg.optimizer == "sgd")
+                                fused=device.type == "cuda" and cfg.optimizer == "sgd",
+                                lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip)
     warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
 
     # --- the run folder: only now, after every check on every rank, is anything written (by rank 0 alone)
