@@ -126,9 +126,9 @@ def _use_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="the grid: .png, .jpg, .pdf or .svg; the CSV gets its name with .csv")
     _compute_args(p)
     p = sub.add_parser("shards", help="pack a folder of images into tar shards for streaming (wds: SPEC)",
-                       description="Write the images of a folder (their file bytes, unchanged) into WebDataset-style "
-                                   "tar shards, with a .cls label member per image when the folder has class "
-                                   "subfolders. Prints the wds: SPEC that trains on them.")
+                       description="Write the images of a folder (their file bytes, unchanged, in a shuffled order) "
+                                   "into WebDataset-style tar shards, with a .cls label member per image when the "
+                                   "folder has class subfolders. Prints the wds: SPEC that trains on them.")
     p.add_argument("folder", help="folder of images (class subfolders give labels)")
     p.add_argument("out", help="folder to write shard-000000.tar, shard-000001.tar, ... into")
     p.add_argument("--per-shard", type=_positive, default=1000, help="images per shard (default 1000)")

@@ -75,7 +75,7 @@ def test_brace_expansion():
 def test_shards_hold_every_image_and_label_of_the_folder(folder, tmp_path):
     files = _images_in(folder)
     labels = [int(f.parent.name.removeprefix("class")) for f in files]
-    shards = write_shards(files, labels, tmp_path / "shards", per_shard=7)
+    shards = write_shards(files, labels, tmp_path / "shards", per_shard=7, seed=None)  # the folder's order
     assert len(shards) == 5 and not list((tmp_path / "shards").glob("*.tmp"))
     spec = shard_spec(shards)
     assert spec == f"wds:{tmp_path / 'shards'}/shard-{{000000..000004}}.tar"
@@ -91,6 +91,28 @@ def test_shards_hold_every_image_and_label_of_the_folder(folder, tmp_path):
         assert torch.equal(x[0], expected[idx[0]]) and y.item() == labels[idx[0]]
         seen.append(int(idx[0]))
     assert sorted(seen) == list(range(30))
+
+
+def test_shards_mix_the_classes_of_a_sorted_folder_in_every_batch_and_epoch(tmp_path):
+    files = _images_in(class_folder(tmp_path / "imgs", classes=2, per_class=40, size=8))  # class 0, then class 1
+    labels = [int(f.parent.name.removeprefix("class")) for f in files]
+    images = load_data(shard_spec(write_shards(files, labels, tmp_path / "shards", per_shard=20)), 8).pretrain.images
+    # written shuffled: each shard holds both classes
+    assert all(len(set(images.labels[i : i + 20].tolist())) == 2 for i in range(0, 80, 20))
+
+    def epoch(seed: int) -> list[list[int]]:
+        return [idx.tolist() for idx, _, _ in images.batches(seed, 0, 1, 0, 8, 2, False)]
+
+    first, again, second = epoch(1), epoch(1), epoch(2)
+    mixed = [len(set(images.labels[b].tolist())) == 2 for b in first]
+    assert sum(mixed) >= 0.8 * len(mixed)
+    assert first == again  # the shuffle buffer is seeded: an epoch (and a resume into it) repeats exactly
+    assert {frozenset(b) for b in first} != {frozenset(b) for b in second}  # but batches differ between epochs
+    assert sorted(i for b in first for i in b) == list(range(80))
+    # within one shard too: its samples come out in a new order every epoch
+    one = load_data(shard_spec(write_shards(files, labels, tmp_path / "one", per_shard=80)), 8).pretrain.images
+    orders = [[i for idx, _, _ in one.batches(seed, 0, 1, 0, 8, 0, False) for i in idx.tolist()] for seed in (1, 2)]
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(80))
 
 
 def test_two_ranks_read_disjoint_shards(folder, tmp_path):

@@ -8,8 +8,9 @@ Two sources, both looking like a uint8 tensor ``(N, 3, S, S)`` to the rest of th
 * :class:`ShardImages` -- WebDataset-style tar shards, ``wds:/data/shard-{000000..000099}.tar``: each
   sample is an image member (``.jpg``, ``.png``, ...) and an optional ``.cls`` member with its integer
   label, grouped by the part of the member name before the first dot. Every rank reads its own shards,
-  and the DataLoader workers of a rank split those again, so no byte is read twice. :func:`write_shards`
-  makes such shards from a folder (``selfsup shards``).
+  and the DataLoader workers of a rank split those again, so no byte is read twice; each worker mixes its
+  samples through a seeded shuffle buffer. :func:`write_shards` makes such shards from a folder, in a
+  shuffled order (``selfsup shards``).
 
 The trainer asks either for the batches of one epoch with :meth:`batches`, which yields
 ``(indices, uint8 images, labels or None)`` ready for pinned, non-blocking copies.
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from selfsup.errors import UserError
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+SHUFFLE_BUFFER = 1000  # samples (encoded bytes) each DataLoader worker shuffles a streamed shard through
 
 
 def decode_square(data: bytes | str | Path, size: int) -> np.ndarray | None:
@@ -176,6 +178,7 @@ class ShardImages(_Lazy, IterableDataset):
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.labels = torch.tensor(labels, dtype=torch.long) if labels and None not in labels else None
         self._plan: list[int] = []
+        self._seed = 0
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -190,26 +193,45 @@ class ShardImages(_Lazy, IterableDataset):
         return out if out is not None else np.zeros((3, self.size, self.size), np.uint8)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """This worker's shards in turn, through a shuffle buffer of ``SHUFFLE_BUFFER`` encoded samples (seeded
+        by the epoch and the worker), so a batch mixes samples of several shards and differs every epoch."""
         info = get_worker_info()
         shards = self._plan[info.id :: info.num_workers] if info else self._plan
+        rng = np.random.default_rng([self._seed, info.id if info else 0])
+        buffer: list[tuple[int, str, bytes]] = []
+        for item in self._encoded(shards):
+            if len(buffer) < SHUFFLE_BUFFER:
+                buffer.append(item)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], item = item, buffer[j]
+            yield self._decoded(*item)
+        rng.shuffle(buffer)
+        for item in buffer:
+            yield self._decoded(*item)
+
+    def _encoded(self, shards: list[int]) -> Iterator[tuple[int, str, bytes]]:
         for s in shards:
             pos = int(self.offsets[s])
             for key, img, _ in _samples(self.shards[s]):
-                if img is None:
-                    continue
-                out = decode_square(img, self.size)
-                if out is None:
-                    _warn_unreadable(f"{key} in {self.shards[s]}")
-                    out = np.zeros((3, self.size, self.size), np.uint8)
-                yield pos, out
-                pos += 1
+                if img is not None:
+                    yield pos, f"{key} in {self.shards[s]}", img
+                    pos += 1
+
+    def _decoded(self, pos: int, name: str, img: bytes) -> tuple[int, np.ndarray]:
+        out = decode_square(img, self.size)
+        if out is None:
+            _warn_unreadable(name)
+            out = np.zeros((3, self.size, self.size), np.uint8)
+        return pos, out
 
     def batches(self, epoch_seed: int, rank: int, world: int, start: int, batch: int, workers: int,
                 pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """One epoch: shards shuffled by ``epoch_seed``, dealt to ranks, then to this rank's workers; each
-        worker streams its shards whole (sequential reads). Batches of ``batch``; the first ``start`` skipped."""
+        worker streams its shards whole (sequential reads) through its shuffle buffer. Batches of ``batch``;
+        the first ``start`` skipped."""
         perm = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-        self._plan = perm[rank::world]
+        self._plan, self._seed = perm[rank::world], epoch_seed
         if not self._plan:
             raise UserError(f"{len(self.shards)} shard(s) cannot feed {world} processes; write more shards")
         workers = min(workers, len(self._plan))
@@ -225,22 +247,28 @@ def _collate_indexed(items: list[tuple[int, np.ndarray]]) -> tuple[torch.Tensor,
 
 
 def write_shards(paths: Sequence[Path], labels: Sequence[int] | None, out_dir: Path, per_shard: int = 1000,
-                 prefix: str = "shard") -> list[Path]:
+                 prefix: str = "shard", seed: int | None = 0) -> list[Path]:
     """Write images (their file bytes, unchanged) into tar shards of ``per_shard`` samples, each with a
-    ``.cls`` label member when ``labels`` are given. Returns the shard paths (written atomically)."""
+    ``.cls`` label member when ``labels`` are given. Returns the shard paths (written atomically).
+
+    The samples are shuffled first (by ``seed``; ``None`` keeps the given order): a folder lists its images
+    class by class, and a stream can only mix samples within a few shards at a time."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    order = list(range(len(paths)))
+    if seed is not None:
+        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
     shards = []
     for n, first in enumerate(range(0, len(paths), per_shard)):
         dest = out_dir / f"{prefix}-{n:06d}.tar"
         tmp = dest.with_suffix(".tar.tmp")
         with tarfile.open(tmp, "w") as tar:
-            for i in range(first, min(first + per_shard, len(paths))):
-                p = Path(paths[i])
+            for pos in range(first, min(first + per_shard, len(paths))):
+                p, i = Path(paths[order[pos]]), order[pos]
                 ext = p.suffix.lower().lstrip(".") or "jpg"
-                tar.add(str(p), arcname=f"{i:09d}.{ext}")
+                tar.add(str(p), arcname=f"{pos:09d}.{ext}")
                 if labels is not None:
                     data = str(int(labels[i])).encode()
-                    info = tarfile.TarInfo(f"{i:09d}.cls")
+                    info = tarfile.TarInfo(f"{pos:09d}.cls")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
         tmp.replace(dest)
