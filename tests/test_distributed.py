@@ -67,6 +67,33 @@ def test_a_time_limit_on_one_process_stops_every_process_at_the_same_step(tmp_pa
     assert ckpt["step"] == 2 and not ckpt["finished"]
 
 
+def _bn_stats(module):
+    return {k: v.clone() for k, v in module.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def _moco_rank(rank, out):
+    """MoCo keeps per-rank BN (shuffle BN): each rank's statistics follow its own batches during training."""
+    run = selfsup.train(cfg(method="moco", method_args={"queue_size": 128}), out, evaluate=False,
+                        show_progress=False)
+    torch.save(_bn_stats(run.method), out / f"bn{rank}.pt")
+
+
+def test_per_rank_batch_norm_statistics_are_averaged_so_every_rank_evaluates_the_saved_model(tmp_path):
+    torch.set_num_threads(1)
+    run_ranks(_moco_rank, 2, tmp_path / "run")
+    ranks = [torch.load(tmp_path / "run" / f"bn{r}.pt") for r in range(2)]
+    saved = _bn_stats_of_checkpoint(tmp_path / "run")
+    assert ranks[0].keys() == saved.keys() and len(saved) > 0
+    for k in saved:
+        assert torch.equal(ranks[0][k], ranks[1][k]) and torch.equal(ranks[0][k], saved[k]), k
+    # and they did train: not the initial statistics
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in saved.items() if k.endswith("running_mean"))
+
+
+def _bn_stats_of_checkpoint(path):
+    return {k: v for k, v in _state(path).items() if k.endswith(("running_mean", "running_var"))}
+
+
 def _probe_rank(rank, out):
     torch.manual_seed(0)
     data = load_data("digits")

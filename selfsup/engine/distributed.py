@@ -144,6 +144,25 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
+@torch.no_grad()
+def average_bn_statistics(module: nn.Module) -> None:
+    """Replace every batch norm's running mean and variance by their mean over ranks (one all-reduce).
+
+    With per-rank batch norm (MoCo's shuffle BN, or ``sync_bn: false``) each rank tracks the statistics of
+    its own batches; averaged before a checkpoint or an evaluation, every rank evaluates the model that
+    rank 0 saves. No-op in a single process."""
+    if not is_distributed():
+        return
+    stats = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             for b in (m.running_mean, m.running_var) if b is not None]
+    if not stats:
+        return
+    flat = torch.cat([b.flatten() for b in stats])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    torch._foreach_copy_(stats, list(flat.split([b.numel() for b in stats])))
+
+
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm layer with a global-batch one: torch's SyncBatchNorm on GPU, ours on CPU."""
     if any(p.is_cuda for p in module.parameters()):

@@ -31,6 +31,7 @@ from selfsup.engine.build import build_method, check_method_args
 from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
 from selfsup.engine.distributed import (
     all_reduce_mean,
+    average_bn_statistics,
     barrier,
     convert_sync_batchnorm,
     init_from_env,
@@ -46,7 +47,8 @@ from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
 from selfsup.methods import Batch, Method, get_method
 from selfsup.use.retrieve import plot_retrieval
 
-# buffers (BN statistics under global BN, queues, banks) stay equal on every rank by construction
+# buffers stay equal on every rank by construction (queues, banks, BN statistics under global BN) or are
+# averaged at every epoch end (BN statistics of per-rank batch norm: average_bn_statistics)
 NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                   else {"broadcast_buffers": False})
 RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
@@ -186,7 +188,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         cfg.backbone = f"custom:{type(backbone).__name__}"
     method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
     method.check_batch(cfg.batch_size)
-    if world > 1 and cfg.sync_bn and cls.global_bn:
+    local_bn = world > 1 and not (cfg.sync_bn and cls.global_bn)  # each rank's BN sees its own batches
+    if world > 1 and not local_bn:
         method = convert_sync_batchnorm(method)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -274,6 +277,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             with record_function("after_step"):
                 method.after_step((step + 1) / total)
             epoch_end = pos == per_epoch - 1 or step + 1 == last
+            if epoch_end and local_bn:  # before the kNN monitor and the checkpoint: every rank, one model
+                average_bn_statistics(method)
             if logger.add(loss.detach(), flush=epoch_end):
                 monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
                 score = knn(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device) \
@@ -286,6 +291,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                     raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
                 if time_limit is not None and step + 1 < last and _out_of_time(started, time_limit, device):
                     last = step + 1
+                    if not epoch_end and local_bn:
+                        average_bn_statistics(method)
                     epoch_end = True
             if epoch_end:
                 checkpoint(step + 1, finished=step + 1 == total)
