@@ -66,3 +66,18 @@ def test_python_api_with_any_module_as_backbone(tmp_path):
     top1 = selfsup.evaluate.knn(run.backbone, run.data.train, run.data.test)
     assert top1 == pytest.approx(run.metrics["knn_top1"])
     assert run.metrics["backbone"] == "custom:Sequential"
+
+
+def test_a_methods_augmentation_defaults_yield_to_the_users_keys():
+    from selfsup.backbones import build_backbone
+    from selfsup.engine.build import build_method
+    from selfsup.methods.rotnet import RotNet
+
+    def aug(**augment):
+        return build_method(selfsup.TrainConfig(method="rotnet", augment=augment), 8, 10).aug
+
+    light = aug()  # RotNet's own: crops and flips only
+    assert (light.crop_scale, light.jitter_p, light.gray_p) == ((0.5, 1.0), 0.0, 0.0)
+    mine = aug(jitter_p=0.5, crop_scale=[0.2, 1.0])
+    assert (mine.crop_scale, mine.jitter_p, mine.gray_p) == ((0.2, 1.0), 0.5, 0.0)
+    assert RotNet(build_backbone("small"), 256, 8).aug == light  # built directly: the same defaults

@@ -50,7 +50,8 @@ def build_method(cfg: TrainConfig, image_size: int, num_classes: int, backbone: 
     check_method_args(cls, cfg.method_args)
     torch.manual_seed(cfg.seed)
     backbone = backbone if backbone is not None else build_backbone(cfg.backbone, image_size)
-    return cls(backbone, feature_dim(backbone, image_size), image_size, augment_config(cfg.augment),
+    aug = augment_config({**cls.augment_defaults, **cfg.augment})
+    return cls(backbone, feature_dim(backbone, image_size), image_size, aug,
                num_classes=num_classes, num_samples=num_samples, **cfg.method_args)
 
 

@@ -7,6 +7,7 @@ events in ``tb/``, ``loss.png``, ``embedding.png``, ``retrieval.png`` and ``metr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import itertools
@@ -42,7 +43,6 @@ from selfsup.engine.distributed import (
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.errors import TrainingDiverged, UserError
 from selfsup.evaluate import extract_features, knn, probe, scores
-from selfsup.evaluate.features import autocast
 from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
 from selfsup.methods import Batch, Method, get_method
 from selfsup.use.retrieve import plot_retrieval
@@ -104,7 +104,8 @@ def _fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     values["optimizer"] = cfg.optimizer or cls.optimizer
     values["lr"] = cfg.lr if cfg.lr is not None else cls.base_lr * cfg.batch_size / 256
     values["weight_decay"] = cfg.weight_decay if cfg.weight_decay is not None else cls.weight_decay
-    values["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in {**data.augment, **cfg.augment}.items()}
+    augment = {**data.augment, **cls.augment_defaults, **cfg.augment}  # the user's keys win, then the method's
+    values["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in augment.items()}
     if cfg.steps is None and cfg.epochs is None:
         values["epochs"] = 100
     return config_from_dict(values)
@@ -304,6 +305,13 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     if last < total:  # stopped early on request: resumable, not evaluated
         return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
     return _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the training step on CUDA, nothing on CPU (evaluation always runs in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _out_of_time(started: float, minutes: float, device: torch.device) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,13 +12,6 @@ from selfsup.engine.distributed import gather, is_distributed, rank, world_size
 
 #: per-layer probes pool each stage's map to at most this many values per image
 MAX_STAGE_DIM = 8192
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def pool_stage(fmap: torch.Tensor) -> torch.Tensor:
@@ -37,7 +28,8 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
                      device: torch.device | str | None = None, stages: bool = False):
     """Backbone features ``(N, D)`` as float32 on the CPU (or a list, one per stage, if ``stages``).
 
-    The backbone runs in eval mode (BN uses running statistics) and is put back as it was. Under
+    The backbone runs in eval mode (BN uses running statistics) and in float32 even where training used
+    bf16 autocast (evaluation is a small share of a run's time), and is put back as it was. Under
     torch.distributed every rank embeds its share of the images and all ranks receive all features.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
@@ -52,8 +44,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
     try:
         for start in range(0, len(mine), batch_size):
             x = eval_view(mine[start : start + batch_size].to(device, non_blocking=True), image_size)
-            with autocast(device):
-                feats = [pool_stage(f) for f in stage_outputs(backbone, x)] if stages else [backbone(x)]
+            feats = [pool_stage(f) for f in stage_outputs(backbone, x)] if stages else [backbone(x)]
             out.append([f.float().cpu() for f in feats])
     finally:
         backbone.train(was_training)

@@ -9,7 +9,7 @@ function of :mod:`selfsup.losses`. ``after_step`` holds the dynamics (EMA target
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ class Method(nn.Module):
     base_lr: ClassVar[float] = 0.12
     weight_decay: ClassVar[float] = 5e-4
     optimizer: ClassVar[str] = "sgd"
+    #: the method's own augmentation defaults (AugmentConfig fields); the user's ``augment`` keys win
+    augment_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: nn.Module, feat_dim: int, image_size: int, aug: AugmentConfig | None = None,
                  num_classes: int = 0, num_samples: int = 0) -> None:
@@ -47,7 +49,7 @@ class Method(nn.Module):
         self.backbone = backbone
         self.feat_dim = feat_dim
         self.image_size = image_size
-        self.aug = aug or AugmentConfig()
+        self.aug = aug or AugmentConfig(**self.augment_defaults)
         self.num_classes = num_classes
         self.num_samples = num_samples  # size of the pretraining set (memory banks)
 

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.augment import AugmentConfig
 from selfsup.data.views import augmented, prepare
 from selfsup.heads import MLP
 from selfsup.methods.base import Batch, Method
@@ -22,11 +21,11 @@ def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RotNet(Method):
     name = "rotnet"
     paper = "Gidaris, Singh, Komodakis, Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018"
+    # the paper trains on the rotated images with only light augmentation (crops and flips)
+    augment_defaults = {"crop_scale": (0.5, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
 
     def __init__(self, *args, head_hidden_dim: int = 512, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # the paper trains on the rotated images with only light augmentation (crops and flips)
-        self.aug = AugmentConfig(crop_scale=(0.5, 1.0), flip_p=self.aug.flip_p, jitter_p=0.0, gray_p=0.0)
         # the paper's classifier is the network's upper blocks; an MLP keeps the last features less task-specific
         self.classifier = MLP(self.feat_dim, head_hidden_dim, 4) if head_hidden_dim else nn.Linear(self.feat_dim, 4)
 
