@@ -27,6 +27,7 @@ class TrainConfig:
     optimizer: str | None = None  # sgd | lars
     lars_eta: float = 0.001  # LARS trust coefficient (the papers' 1e-3; solo-learn's CIFAR recipes: 0.02)
     lars_clip: bool = False  # LARS step min(eta |p|/|g|, lr) instead of lr * eta |p|/|g| (solo-learn)
+    norm_bias_lr_scale: float = 1.0  # lr multiplier for biases and norm weights (Barlow Twins' paper: 0.024)
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     image_size: int | None = None
@@ -87,7 +88,7 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not cfg.lars_eta > 0:
         raise UserError(f"lars_eta must be positive (got {cfg.lars_eta})")
-    for name in ("weight_decay", "momentum", "warmup_epochs"):
+    for name in ("weight_decay", "momentum", "warmup_epochs", "norm_bias_lr_scale"):
         v = getattr(cfg, name)
         if v is not None and not v >= 0:
             raise UserError(f"{name} must not be negative (got {v})")

@@ -221,3 +221,17 @@ def test_lars_matches_per_parameter_reference_over_steps(clip, eta):
         torch.testing.assert_close(p.detach().double(), e, rtol=1e-5, atol=1e-6)
     # the state dict keeps one momentum buffer per parameter (checkpoints stay compatible)
     assert all("momentum_buffer" in opt.state[p] for p in params)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_norm_and_bias_parameters_step_at_their_own_lr_scale(tmp_path, optimizer):
+    from selfsup.engine.build import build_method
+
+    cfg = TrainConfig(method="simclr", data="digits", steps=2, batch_size=64, image_size=8, optimizer=optimizer,
+                      norm_bias_lr_scale=0.0)
+    start = {k: v.clone() for k, v in build_method(cfg, 8, 10).named_parameters()}
+    trained = dict(selfsup.train(cfg, tmp_path / optimizer, evaluate=False, show_progress=False).method
+                   .named_parameters())
+    moved = {k: not torch.equal(start[k], trained[k].detach()) for k in start}
+    assert not any(moved[k] for k in start if start[k].ndim <= 1)  # biases and norms: rate 0 x lr
+    assert all(moved[k] for k in start if start[k].ndim > 1)  # every weight did step

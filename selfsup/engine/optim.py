@@ -59,19 +59,22 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay (and LARS adaptation) on weights only; biases and norm parameters are exempt."""
+def param_groups(model: nn.Module, weight_decay: float, norm_bias_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay (and LARS adaptation) on weights only; biases and norm parameters are exempt and step at
+    ``norm_bias_lr_scale`` times the scheduled rate (``lr_scale``; Barlow Twins' paper: 0.0048 / 0.2)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay),
-            dict(params=no_decay, weight_decay=0.0, lars=False)]
+    return [dict(params=decay, weight_decay=weight_decay, lr_scale=1.0),
+            dict(params=no_decay, weight_decay=0.0, lars=False, lr_scale=norm_bias_lr_scale)]
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
-                    fused: bool = False, lars_eta: float = 0.001, lars_clip: bool = False) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+                    fused: bool = False, lars_eta: float = 0.001, lars_clip: bool = False,
+                    norm_bias_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """SGD or LARS over :func:`param_groups`; set each group's rate as ``lr * group.get("lr_scale", 1)``."""
+    groups = param_groups(model, weight_decay, norm_bias_lr_scale)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=lars_eta, clip=lars_clip)
     for g in groups:

@@ -201,7 +201,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                 **NO_BUFFER_SYNC) if world > 1 else method
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
                                 fused=device.type == "cuda" and cfg.optimizer == "sgd",
-                                lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip)
+                                lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip,
+                                norm_bias_lr_scale=cfg.norm_bias_lr_scale)
     warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
 
     # --- the run folder: only now, after every check on every rank, is anything written (by rank 0 alone)
@@ -267,7 +268,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                               indices=idx.to(device), generator=generator, progress=step / total)
             lr = lr_at(step, total, cfg.lr, warmup)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
             with autocast(device), record_function("forward"):  # views, backbone, heads, loss
                 loss = model(batch)
             optimizer.zero_grad(set_to_none=True)
