@@ -28,6 +28,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import platform
@@ -386,16 +387,19 @@ DIAGNOSES = {
     "bn-per-view": "lightly's forward: one backbone pass per view, so batch norm sees each view's batch alone",
     "lightly": "lightly 1.6's SimCLR itself (per-image PIL transforms), same data, backbone, batch, lr, epochs",
     "strong-jitter": "colour jitter of strength 1 (0.8, 0.8, 0.8, 0.2), as SimCLR's paper and solo-learn use",
-    "solo-learn": "solo-learn's CIFAR settings: LARS at 0.4 per 256 images, wd 1e-5, T 0.2, projector 2048-2048-256, "
-                  "jitter 0.8/0.8/0.8/0.2, solarize 0.1",
+    "solo-learn": "solo-learn's CIFAR settings: LARS at 0.4 per 256 images (trust coefficient 0.02, clipped), wd 1e-5, "
+                  "T 0.2, projector 2048-2048-256, jitter 0.8/0.8/0.8/0.2, solarize 0.1",
+    "lightly-head": "lightly's projection head: a BatchNorm on the output instead of the last layer's bias",
+    "fp32": "float32 training (no bf16 autocast), as lightly's benchmark trains",
 }
 STRONG_JITTER = {"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2}
 RECIPE_CHANGES = {  # what each diagnosis changes in recipes/cifar10/simclr.yaml
     "wd-everywhere": {"warmup_epochs": 0},
     "strong-jitter": {"augment": STRONG_JITTER},
-    "solo-learn": {"optimizer": "lars", "lr": 0.8, "weight_decay": 1e-5,
+    "solo-learn": {"optimizer": "lars", "lr": 0.8, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True,
                    "augment": {**STRONG_JITTER, "solarize_p": 0.1},
                    "method_args": {"temperature": 0.2, "proj_hidden_dim": 2048, "proj_dim": 256}},
+    "lightly-head": {"method_args": {"proj_last_bn": True}},
 }
 
 
@@ -404,7 +408,7 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
     with one difference from lightly's benchmark switched at a time, and lightly's own run, all scored by
     the same kNN / linear probe (``--parts`` picks them, ``DIAGNOSES`` says what each changes)."""
     from selfsup.config import config_from_dict, load_config
-    from selfsup.engine import optim
+    from selfsup.engine import optim, trainer
     from selfsup.methods.simclr import SimCLR
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -432,9 +436,11 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
             row = dict(**scores, samples_per_second=round(timing["samples_per_second"]))
         else:
             cfg = config_from_dict({**recipe, **RECIPE_CHANGES.get(part, {})})
-            saved = optim.param_groups, SimCLR.training_step
+            saved = optim.param_groups, SimCLR.training_step, trainer.autocast
             if part == "wd-everywhere":
-                optim.param_groups = lambda model, wd: [dict(params=list(model.parameters()), weight_decay=wd)]
+                optim.param_groups = lambda model, wd, *_: [dict(params=list(model.parameters()), weight_decay=wd)]
+            if part == "fp32":
+                trainer.autocast = lambda device: contextlib.nullcontext()
             if part == "bn-per-view":
                 def per_view(self, batch):  # noqa: ANN001 -- SimCLR.training_step with one pass per view
                     from selfsup.data.views import augmented_views
@@ -447,7 +453,7 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
                 m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False,
                                   data=dataset).metrics
             finally:
-                optim.param_groups, SimCLR.training_step = saved
+                optim.param_groups, SimCLR.training_step, trainer.autocast = saved
             row = {k: m[k] for k in ("knn_top1", "linear_top1", "samples_per_second")}
         row["commit"] = env["commit"]
         table.pop("conclusion", None)  # written by hand once the rows are read

@@ -8,8 +8,8 @@ from torch import nn
 class MLP(nn.Sequential):
     """``num_layers`` linear layers with BN + ReLU between them (SimCLR/BYOL projector, BYOL predictor).
 
-    ``last_bn`` adds an affine-free BatchNorm on the output (used by Barlow Twins and SimCLR v2 style heads);
-    ``hidden_bn=False`` drops the hidden BatchNorms (MoCo v2's head is linear-ReLU-linear).
+    ``last_bn`` puts a BatchNorm on the output instead of the last layer's bias (SimCLR v2's head, and
+    lightly's SimCLR head); ``hidden_bn=False`` drops the hidden BatchNorms (MoCo v2's head is linear-ReLU-linear).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False,
@@ -22,5 +22,5 @@ class MLP(nn.Sequential):
             if not last:
                 layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)] if hidden_bn else [nn.ReLU(inplace=True)]
         if last_bn:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+            layers.append(nn.BatchNorm1d(out_dim))
         super().__init__(*layers)

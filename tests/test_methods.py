@@ -81,3 +81,13 @@ def test_a_methods_augmentation_defaults_yield_to_the_users_keys():
     mine = aug(jitter_p=0.5, crop_scale=[0.2, 1.0])
     assert (mine.crop_scale, mine.jitter_p, mine.gray_p) == ((0.2, 1.0), 0.5, 0.0)
     assert RotNet(build_backbone("small"), 256, 8).aug == light  # built directly: the same defaults
+
+
+def test_simclr_projector_can_end_in_batch_norm_like_lightlys_head():
+    from selfsup.backbones import build_backbone
+    from selfsup.methods.simclr import SimCLR
+
+    plain = SimCLR(build_backbone("small"), 256, 8).projector
+    bn = SimCLR(build_backbone("small"), 256, 8, proj_last_bn=True).projector
+    assert [type(m).__name__ for m in bn] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    assert bn[3].bias is None and bn[4].affine and plain[3].bias is not None and len(plain) == 4

@@ -11,14 +11,16 @@ from selfsup.methods.base import Batch, Method
 
 
 class SimCLR(Method):
+    """``proj_last_bn`` ends the projector with a BatchNorm, as SimCLR v2 and lightly's SimCLR head do."""
+
     name = "simclr"
     paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"
 
     def __init__(self, *args, temperature: float = 0.5, proj_hidden_dim: int = 512, proj_dim: int = 128,
-                 **kwargs) -> None:
+                 proj_last_bn: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.temperature = temperature
-        self.projector = MLP(self.feat_dim, proj_hidden_dim, proj_dim)
+        self.projector = MLP(self.feat_dim, proj_hidden_dim, proj_dim, last_bn=proj_last_bn)
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator)
