@@ -144,7 +144,7 @@ def cpu_simclr(args: argparse.Namespace) -> None:
     t = lightly(args.lightly_python, args.data, args.steps, args.batch_size, work / "lightly_full")
     backbone = build_backbone("small")
     backbone.load_state_dict(torch.load(work / "lightly_full" / "backbone.pt", map_location="cpu"))
-    lm = probe(backbone, dataset.train, dataset.test, 32, "cpu")
+    lm = probe(backbone, dataset.train, dataset.test, image_size=32, device="cpu")
     print(f"lightly {args.steps} steps: kNN {lm['knn_top1']:.3f}, {t['samples_per_second']:.0f} samples/s", flush=True)
     result["ours"] = {k: m[k] for k in ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1",
                                         "train_seconds", "samples_per_second")}
@@ -431,7 +431,8 @@ def gpu_diagnose(args: argparse.Namespace) -> None:
                             device, "--backbone", "resnet18", "--workers", str(args.workers)], check=True)
             backbone = build_backbone("resnet18")
             backbone.load_state_dict(torch.load(out / "backbone.pt", map_location="cpu"))
-            scores = probe(backbone.to(device), dataset.train, dataset.test, dataset.train.images.shape[-1], device)
+            scores = probe(backbone.to(device), dataset.train, dataset.test, image_size=dataset.train.images.shape[-1],
+                           device=device)
             timing = json.loads((out / "timing.json").read_text())
             row = dict(**scores, samples_per_second=round(timing["samples_per_second"]))
         else:

@@ -233,7 +233,8 @@ def _run_eval(args: argparse.Namespace) -> int:
             for p, (m, ck) in zip(args.checkpoint, loaded)] + [("random init", rand.to(device))]
     if args.protocol == "layers":
         header = ["backbone"] + stage_names(first.backbone)
-        table = [[name] + list(evaluate.layers(b, data.train, data.test, size, device).values()) for name, b in rows]
+        table = [[name] + list(evaluate.layers(b, data.train, data.test, image_size=size, device=device).values())
+                 for name, b in rows]
     else:
         fn = evaluate.knn if args.protocol == "knn" else evaluate.linear
         header = ["backbone", f"{args.protocol} top-1 %"]

@@ -29,7 +29,7 @@ class TrainConfig:
     lars_clip: bool = False  # LARS step min(eta |p|/|g|, lr) instead of lr * eta |p|/|g| (solo-learn)
     norm_bias_lr_scale: float = 1.0  # lr multiplier for biases and norm weights (Barlow Twins' paper: 0.024)
     momentum: float = 0.9
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # linear warmup, at most a tenth of the run (short runs keep their budget)
     image_size: int | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

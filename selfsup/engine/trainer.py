@@ -220,8 +220,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         optimizer.load_state_dict(ckpt["optimizer"])
         start, baseline = ckpt["step"], ckpt["baseline"]
     elif evaluate and data.evaluable:  # the lower bound: this very backbone before any training
-        scores = probe(method.backbone, data.train, data.test, cfg.image_size, device)
-        baseline = {f"random_init_{k}": v for k, v in scores.items()}
+        initial = probe(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device)
+        baseline = {f"random_init_{k}": v for k, v in initial.items()}
     streamed = data.pretrain.streamed
     images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
     labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None

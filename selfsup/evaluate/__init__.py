@@ -25,7 +25,7 @@ def _features(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: 
     return tuple(extract_features(backbone, s.images, size, device=device, stages=stages) for s in (train, test))
 
 
-def probe(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None = None,
+def probe(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
           device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1) -> dict[str, float]:
     """kNN and linear-probe top-1 from one feature extraction: ``{"knn_top1": .., "linear_top1": ..}``."""
     ftr, fte = _features(backbone, train, test, image_size, device)
@@ -39,21 +39,21 @@ def scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: to
             "linear_top1": linear_top1(train_feats, train_labels, test_feats, test_labels)}
 
 
-def knn(backbone: nn.Module, train: ImageSet, test: ImageSet, k: int = 200, temperature: float = 0.1,
-        image_size: int | None = None, device: str | torch.device | None = None) -> float:
+def knn(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
+        device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1) -> float:
     """kNN top-1 (k=200, votes weighted by exp(sim / 0.1)) of frozen backbone features."""
     ftr, fte = _features(backbone, train, test, image_size, device)
     return knn_top1(ftr, train.labels, fte, test.labels, k, temperature)
 
 
-def linear(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None = None,
+def linear(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
            device: str | torch.device | None = None) -> float:
     """Linear-probe top-1 of frozen backbone features."""
     ftr, fte = _features(backbone, train, test, image_size, device)
     return linear_top1(ftr, train.labels, fte, test.labels)
 
 
-def layers(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None = None,
+def layers(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
            device: str | torch.device | None = None) -> dict[str, float]:
     """Linear-probe top-1 on every stage's output, each pooled to a fixed size (the seeds' per-layer table)."""
     ftr, fte = _features(backbone, train, test, image_size, device, stages=True)
