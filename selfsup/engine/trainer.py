@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from selfsup.config import TrainConfig, config_from_dict, validate
-from selfsup.data.sources import Dataset, load_data
+from selfsup.data.sources import Dataset, ImageSet, load_data
 from selfsup.engine.build import build_method, check_method_args
 from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
 from selfsup.engine.distributed import (
@@ -187,33 +188,16 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     per_epoch, total = _schedule(cfg, len(data.pretrain))
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
-    method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
-    method.check_batch(cfg.batch_size)
-    local_bn = world > 1 and not (cfg.sync_bn and cls.global_bn)  # each rank's BN sees its own batches
-    if world > 1 and not local_bn:
-        method = convert_sync_batchnorm(method)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    if cfg.compile:
-        method.backbone.compile()  # in place: state_dict keys and checkpoints are unchanged
-    model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
-                **NO_BUFFER_SYNC) if world > 1 else method
+    method, model, local_bn = _build_model(cfg, data, backbone, device)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
                                 fused=device.type == "cuda" and cfg.optimizer == "sgd",
                                 lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip,
                                 norm_bias_lr_scale=cfg.norm_bias_lr_scale)
     warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
 
-    # --- the run folder: only now, after every check on every rank, is anything written (by rank 0 alone)
-    barrier()
+    barrier()  # only now, after every check on every rank, is anything written (by rank 0 alone)
     if main:
-        if ckpt is None and out.exists() and overwrite:
-            for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png"):
-                p = out / f
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
+        _write_run_folder(out, cfg, clear=ckpt is None and overwrite)
     start, baseline = 0, {}
     if ckpt is not None:
         method.load_state_dict(ckpt["state"])
@@ -222,7 +206,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     elif evaluate and data.evaluable:  # the lower bound: this very backbone before any training
         initial = probe(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device)
         baseline = {f"random_init_{k}": v for k, v in initial.items()}
-    streamed = data.pretrain.streamed
+    streamed = data.pretrain.streamed  # in memory, the images and labels move to the GPU once, as uint8
     images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
     labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None
     if ckpt is None:
@@ -242,30 +226,13 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes,
             num_samples=len(data.pretrain)))
 
-    order, stream, local = None, None, cfg.batch_size // world
     method.train()
     last = total if stop_at is None else min(total, stop_at)
+    # no checkpoint thread may run while a stream forks its DataLoader workers
+    batches = _batches(data.pretrain, images, labels, cfg, start, total, per_epoch, device, writer.wait)
     try:
-        for step in range(start, last):
+        for step, batch in enumerate(batches, start):
             epoch, pos = divmod(step, per_epoch)
-            # augmentation parameters are drawn on the device: no host-device traffic in the step
-            generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
-            if streamed:  # workers decode; pinned batches are copied without blocking
-                if stream is None or pos == 0:
-                    writer.wait()  # no checkpoint thread running while DataLoader workers are forked
-                    stream = _open_stream(data.pretrain, cfg, epoch, pos, per_epoch, device)
-                idx, x, y = next(stream)
-                batch = Batch(images=x.to(device, non_blocking=True),
-                              labels=None if y is None else y.to(device, non_blocking=True),
-                              indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
-            else:
-                if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
-                    order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
-                # this rank's slice of the global batch: disjoint shards, together exactly one global batch
-                first = pos * cfg.batch_size + rank() * local
-                idx = order[first : first + local]
-                batch = Batch(images=images[idx], labels=None if labels is None else labels[idx],
-                              indices=idx.to(device), generator=generator, progress=step / total)
             lr = lr_at(step, total, cfg.lr, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
@@ -301,11 +268,70 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             if step + 1 == last:
                 break
     finally:
+        batches.close()
         writer.wait()
     logger.close()
     if last < total:  # stopped early on request: resumable, not evaluated
         return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
     return _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main)
+
+
+def _write_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
+    """Create ``out`` (removing an earlier run's files first if ``clear``) and write the resolved config."""
+    if clear and out.exists():
+        for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png"):
+            p = out / f
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+
+
+def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
+                 device: torch.device) -> tuple[Method, nn.Module, bool]:
+    """The method on its device (channels-last, compiled, global BN as asked), the module the step calls
+    (DDP-wrapped under torch.distributed), and whether batch norm stays per rank."""
+    world, cls = world_size(), get_method(cfg.method)
+    method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
+    method.check_batch(cfg.batch_size)
+    local_bn = world > 1 and not (cfg.sync_bn and cls.global_bn)  # each rank's BN sees its own batches
+    if world > 1 and not local_bn:
+        method = convert_sync_batchnorm(method)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    if cfg.compile:
+        method.backbone.compile()  # in place: state_dict keys and checkpoints are unchanged
+    model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
+                **NO_BUFFER_SYNC) if world > 1 else method
+    return method, model, local_bn
+
+
+def _batches(pretrain: ImageSet, images: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig, start: int,
+             total: int, per_epoch: int, device: torch.device, before_fork: Callable[[], None]) -> Iterator[Batch]:
+    """This rank's batch of every step from ``start`` on: a slice of the epoch's global order from
+    ``images`` (in memory, on the device), or the next batch of a stream (``before_fork`` runs before a
+    stream starts its worker processes). Each carries its step's own augmentation seed."""
+    order, stream, local = None, None, cfg.batch_size // world_size()
+    for step in range(start, total):
+        epoch, pos = divmod(step, per_epoch)
+        # augmentation parameters are drawn on the device: no host-device traffic in the step
+        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
+        if pretrain.streamed:  # workers decode; pinned batches are copied without blocking
+            if stream is None or pos == 0:
+                before_fork()
+                stream = _open_stream(pretrain, cfg, epoch, pos, per_epoch, device)
+            idx, x, y = next(stream)
+            yield Batch(images=x.to(device, non_blocking=True),
+                        labels=None if y is None else y.to(device, non_blocking=True),
+                        indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
+        else:
+            if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
+                order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
+            # this rank's slice of the global batch: disjoint shards, together exactly one global batch
+            first = pos * cfg.batch_size + rank() * local
+            idx = order[first : first + local]
+            yield Batch(images=images[idx], labels=None if labels is None else labels[idx],
+                        indices=idx.to(device), generator=generator, progress=step / total)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
