@@ -44,7 +44,7 @@ class LARS(torch.optim.Optimizer):
             if group["lars"]:
                 pn, dn = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
                 ratio = torch.where((pn > 0) & (dn > 0), group["trust_coefficient"] * pn / dn, 1.0)
-                if group["clip"] and group["lr"] > 0:
+                if group.get("clip", False) and group["lr"] > 0:  # checkpoints before clip have none
                     ratio = (ratio / group["lr"]).clamp_(max=1.0)
                 torch._foreach_mul_(d, list(ratio.to(d[0].dtype).unbind()))
             states = [self.state[p] for p in params]
