@@ -163,6 +163,8 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "byol-lars-solo": ("byol", {}, {"lr": 1.0, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}),
     "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}),
     "barlow-lars-solo": ("barlow", {}, {"lr": 0.3, "weight_decay": 1e-4, "lars_eta": 0.02, "lars_clip": True}),
+    "barlow-solo": ("barlow", {"scale_loss": 0.1},  # solo-learn's whole optimiser setting: also the loss x 0.1
+                    {"lr": 0.3, "weight_decay": 1e-4, "lars_eta": 0.02, "lars_clip": True}),
     "npid-nce": ("npid", {"loss": "nce"}, {}),
     "npid-nce-t0.5": ("npid", {"loss": "nce", "temperature": 0.5}, {}), "supcon": ("supcon", {}, {}),
     "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
