@@ -91,3 +91,19 @@ def test_simclr_projector_can_end_in_batch_norm_like_lightlys_head():
     bn = SimCLR(build_backbone("small"), 256, 8, proj_last_bn=True).projector
     assert [type(m).__name__ for m in bn] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     assert bn[3].bias is None and bn[4].affine and plain[3].bias is not None and len(plain) == 4
+
+
+def test_barlow_scale_loss_multiplies_the_loss():
+    from selfsup.backbones import build_backbone
+    from selfsup.methods import Batch
+    from selfsup.methods.barlow import BarlowTwins
+
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+
+    def loss(scale):
+        torch.manual_seed(0)
+        method = BarlowTwins(build_backbone("small"), 256, 8, proj_hidden_dim=32, proj_dim=16, scale_loss=scale)
+        batch = Batch(images, None, torch.arange(16), torch.Generator().manual_seed(1), 0.0)
+        return method.training_step(batch)
+
+    torch.testing.assert_close(loss(0.1), 0.1 * loss(1.0))
