@@ -18,7 +18,8 @@ class MLP(nn.Sequential):
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == num_layers - 1
-            layers.append(nn.Linear(a, b, bias=not last_bn if last else not hidden_bn))
+            followed_by_bn = last_bn if last else hidden_bn  # a BatchNorm right after makes the bias redundant
+            layers.append(nn.Linear(a, b, bias=not followed_by_bn))
             if not last:
                 layers += [nn.BatchNorm1d(b), nn.ReLU(inplace=True)] if hidden_bn else [nn.ReLU(inplace=True)]
         if last_bn:

@@ -254,16 +254,16 @@ def write_shards(paths: Sequence[Path], labels: Sequence[int] | None, out_dir: P
     The samples are shuffled first (by ``seed``; ``None`` keeps the given order): a folder lists its images
     class by class, and a stream can only mix samples within a few shards at a time."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = list(range(len(paths)))
-    if seed is not None:
-        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = (list(range(len(paths))) if seed is None
+             else torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist())
     shards = []
     for n, first in enumerate(range(0, len(paths), per_shard)):
         dest = out_dir / f"{prefix}-{n:06d}.tar"
         tmp = dest.with_suffix(".tar.tmp")
         with tarfile.open(tmp, "w") as tar:
             for pos in range(first, min(first + per_shard, len(paths))):
-                p, i = Path(paths[order[pos]]), order[pos]
+                i = order[pos]
+                p = Path(paths[i])
                 ext = p.suffix.lower().lstrip(".") or "jpg"
                 tar.add(str(p), arcname=f"{pos:09d}.{ext}")
                 if labels is not None:
