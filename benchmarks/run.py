@@ -524,7 +524,8 @@ def recipe_ops(name: str, images: torch.Tensor) -> dict[str, int]:
 
     cfg = config_from_dict({**load_config(HERE.parent / f"recipes/cifar10/{name}.yaml"), "batch_size": len(images)})
     method = build_method(cfg, 32, 10).to(memory_format=torch.channels_last)
-    opt = build_optimizer(method, cfg.optimizer or "sgd", 0.1, 0.9, cfg.weight_decay or 0.0, fused=True)
+    opt = build_optimizer(method, cfg.optimizer or "sgd", 0.1, 0.9, cfg.weight_decay or 0.0, fused=True,
+                          lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip, norm_bias_lr_scale=cfg.norm_bias_lr_scale)
     labels = torch.arange(len(images)) % 10
     for step in range(2):  # the second step is the steady state (first-step state is built in the first)
         ops = _step_ops(method, opt, Batch(images, labels, torch.arange(len(images)),
