@@ -175,7 +175,7 @@ def _key_values(pairs: list[str], flag: str) -> dict:
 
 def _run_train(args: argparse.Namespace) -> int:
     from selfsup.config import TrainConfig, config_from_dict, load_config
-    from selfsup.engine.distributed import is_main_process
+    from selfsup.distributed import is_main_process
     from selfsup.engine.trainer import results_table, train
 
     values = TrainConfig().to_dict()
@@ -306,8 +306,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_retrieve(args: argparse.Namespace) -> int:
+    from selfsup.evaluate.neighbours import GRID_SUFFIXES, plot_neighbours, write_neighbours_csv
     from selfsup.use import output_file
-    from selfsup.use.retrieve import GRID_SUFFIXES, plot_neighbours, retrieve, write_neighbours_csv
+    from selfsup.use.retrieve import retrieve
 
     grid = output_file(args.out, GRID_SUFFIXES)
     table = output_file(grid.with_suffix(".csv"))

@@ -9,6 +9,10 @@ import torchvision.transforms.v2.functional as TF
 from torch.testing import assert_close
 
 from selfsup.data import augment as A
+from selfsup.data.ops import base as B
+from selfsup.data.ops import blur as G
+from selfsup.data.ops import color as C
+from selfsup.data.ops import crop as R
 
 SEEDS = (0, 1, 2)
 SHAPES = ((24, 24), (20, 36), (40, 28))  # square, wide and tall inputs
@@ -36,27 +40,27 @@ def _reference(tv_op, images: torch.Tensor, factors: torch.Tensor) -> torch.Tens
 
 def test_to_float_matches_torchvision_and_passes_float_through():
     u8 = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=_gen(0))
-    x = A.to_float(u8)
+    x = B.to_float(u8)
     assert x.dtype == torch.float32
     assert_close(x, TF.to_dtype(u8, torch.float32, scale=True), atol=0, rtol=0)
-    assert A.to_float(x) is x
+    assert B.to_float(x) is x
 
 
 def test_normalize_matches_torchvision():
     x = _images(0)
-    assert_close(A.normalize(x, A.IMAGENET_MEAN, A.IMAGENET_STD),
-                 TF.normalize(x, list(A.IMAGENET_MEAN), list(A.IMAGENET_STD)))
+    assert_close(B.normalize(x, B.IMAGENET_MEAN, B.IMAGENET_STD),
+                 TF.normalize(x, list(B.IMAGENET_MEAN), list(B.IMAGENET_STD)))
 
 
 @pytest.mark.parametrize("size", [12, 24, 40])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_resize_matches_torchvision(shape, size):
     u8 = torch.randint(0, 256, (3, 3, *shape), dtype=torch.uint8, generator=_gen(size))
-    x = A.to_float(u8)
+    x = B.to_float(u8)
     expected = TF.resize(x, [size, size], antialias=True)
-    assert_close(A.resize(u8, size), expected, atol=1e-5, rtol=0)
+    assert_close(B.resize(u8, size), expected, atol=1e-5, rtol=0)
     if shape == (size, size):
-        assert A.resize(x, size) is x
+        assert B.resize(x, size) is x
 
 
 # -------------------------------------------------------------------------------------- random resized crop
@@ -67,9 +71,9 @@ def test_resize_matches_torchvision(shape, size):
 @pytest.mark.parametrize("size", [32, 48, (17, 29), 8])  # upscaling, non-square output, downscaling
 def test_resized_crop_matches_torchvision(seed, shape, size):
     x = _images(seed, 8, *shape)
-    boxes = A.sample_resized_crop(8, *shape, generator=_gen(seed))
+    boxes = R.sample_resized_crop(8, *shape, generator=_gen(seed))
     boxes[0] = torch.tensor([0.0, 0.0, *shape])  # the whole image
-    out = A.resized_crop(x, boxes, size)
+    out = R.resized_crop(x, boxes, size)
     size_list = [size, size] if isinstance(size, int) else list(size)
     expected = torch.stack([TF.resized_crop(img, *[int(v) for v in box], size_list, antialias=False)
                             for img, box in zip(x, boxes, strict=True)])
@@ -81,7 +85,7 @@ def test_resized_crop_at_equal_size_is_the_crop():
     x = _images(3, 4, 30, 30)
     boxes = torch.tensor([[0, 0, 16, 16], [5, 7, 16, 16], [14, 14, 16, 16], [3, 10, 16, 16]], dtype=torch.float32)
     expected = torch.stack([img[:, t:t + 16, l:l + 16] for img, (t, l, _, _) in zip(x, boxes.long(), strict=True)])
-    assert_close(A.resized_crop(x, boxes, 16), expected, atol=1e-5, rtol=0)
+    assert_close(R.resized_crop(x, boxes, 16), expected, atol=1e-5, rtol=0)
 
 
 def _check_boxes_inside(boxes: torch.Tensor, height: int, width: int) -> None:
@@ -95,7 +99,7 @@ def _check_boxes_inside(boxes: torch.Tensor, height: int, width: int) -> None:
 def test_sample_resized_crop_respects_scale_and_ratio(shape):
     height, width = shape
     scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-    boxes = A.sample_resized_crop(20_000, height, width, scale, ratio, generator=_gen(0))
+    boxes = R.sample_resized_crop(20_000, height, width, scale, ratio, generator=_gen(0))
     _check_boxes_inside(boxes, height, width)
     _, _, h, w = boxes.double().unbind(1)
     area = height * width
@@ -112,14 +116,14 @@ def test_sample_resized_crop_distribution_matches_torchvision():
     image = torch.zeros(3, height, width)
     ref = torch.tensor([[p["top"], p["left"], p["height"], p["width"]]
                         for p in (rrc.make_params([image]) for _ in range(n_ref))], dtype=torch.float64)
-    ours = A.sample_resized_crop(20_000, height, width, generator=_gen(1)).double()
+    ours = R.sample_resized_crop(20_000, height, width, generator=_gen(1)).double()
     # each column's mean agrees within 4 standard errors of the difference
     stderr = (ref.var(0) / n_ref + ours.var(0) / len(ours)).sqrt()
     assert ((ours.mean(0) - ref.mean(0)).abs() < 4 * stderr).all()
 
 
 def test_sample_resized_crop_position_is_uniform():
-    boxes = A.sample_resized_crop(20_000, 32, 32, scale=(0.25, 0.25), ratio=(1.0, 1.0), generator=_gen(2))
+    boxes = R.sample_resized_crop(20_000, 32, 32, scale=(0.25, 0.25), ratio=(1.0, 1.0), generator=_gen(2))
     assert (boxes[:, 2:] == 16).all()
     for column in boxes[:, :2].long().unbind(1):  # top, left uniform on {0, ..., 16}
         freq = torch.bincount(column, minlength=17).double() / len(column)
@@ -133,7 +137,7 @@ def test_sample_resized_crop_fallback_is_torchvision_central_crop(shape):
     scale, ratio = (2.0, 3.0), (3 / 4, 4 / 3)  # no attempt can fit
     params = T.RandomResizedCrop(8, scale=scale, ratio=ratio).make_params([torch.zeros(3, height, width)])
     expected = torch.tensor([params["top"], params["left"], params["height"], params["width"]], dtype=torch.float32)
-    boxes = A.sample_resized_crop(5, height, width, scale, ratio, generator=_gen(0))
+    boxes = R.sample_resized_crop(5, height, width, scale, ratio, generator=_gen(0))
     assert_close(boxes, expected.expand(5, 4), atol=0, rtol=0)
 
 
@@ -143,18 +147,18 @@ def test_sample_resized_crop_fallback_is_torchvision_central_crop(shape):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_hflip_matches_torchvision(seed):
     x = _images(seed, 8, 20, 36)
-    flags = A.sample_flags(8, 0.5, _gen(seed))
+    flags = C.sample_flags(8, 0.5, _gen(seed))
     expected = torch.stack([TF.horizontal_flip(img) if f else img for img, f in zip(x, flags, strict=True)])
-    assert_close(A.hflip(x, flags), expected, atol=0, rtol=0)
+    assert_close(C.hflip(x, flags), expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_grayscale_matches_torchvision(seed):
     x = _images(seed, 8, 20, 36)
-    flags = A.sample_flags(8, 0.5, _gen(seed))
+    flags = C.sample_flags(8, 0.5, _gen(seed))
     expected = torch.stack([TF.rgb_to_grayscale(img, num_output_channels=3) if f else img
                             for img, f in zip(x, flags, strict=True)])
-    out = A.grayscale(x, flags)
+    out = C.grayscale(x, flags)
     assert_close(out, expected, atol=1e-6, rtol=0)
     assert torch.equal(out[~flags], x[~flags])
 
@@ -162,18 +166,18 @@ def test_grayscale_matches_torchvision(seed):
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
 def test_solarize_matches_torchvision(threshold):
     x = _images(4, 8)
-    flags = A.sample_flags(8, 0.5, _gen(4))
+    flags = C.sample_flags(8, 0.5, _gen(4))
     expected = torch.stack([TF.solarize(img, threshold) if f else img for img, f in zip(x, flags, strict=True)])
-    assert_close(A.solarize(x, flags, threshold), expected, atol=0, rtol=0)
+    assert_close(C.solarize(x, flags, threshold), expected, atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------- colour
 
 COLOUR_OPS = [
-    (A.adjust_brightness, TF.adjust_brightness, (0.0, 2.0)),
-    (A.adjust_contrast, TF.adjust_contrast, (0.0, 2.0)),
-    (A.adjust_saturation, TF.adjust_saturation, (0.0, 2.0)),
-    (A.adjust_hue, TF.adjust_hue, (-0.5, 0.5)),
+    (C.adjust_brightness, TF.adjust_brightness, (0.0, 2.0)),
+    (C.adjust_contrast, TF.adjust_contrast, (0.0, 2.0)),
+    (C.adjust_saturation, TF.adjust_saturation, (0.0, 2.0)),
+    (C.adjust_hue, TF.adjust_hue, (-0.5, 0.5)),
 ]
 
 
@@ -191,7 +195,7 @@ def test_hue_of_pure_and_grey_colours():
                             [0.5, 0.5, 0.5], [0, 0, 0], [1, 1, 1]], dtype=torch.float32)
     x = colours.T.reshape(1, 3, 1, 9).expand(7, 3, 1, 9).contiguous()
     factors = torch.tensor([-0.5, -1 / 3, -1 / 6, 0.0, 1 / 6, 1 / 3, 0.5])
-    out = A.adjust_hue(x, factors)
+    out = C.adjust_hue(x, factors)
     assert_close(out, _reference(TF.adjust_hue, x, factors), atol=1e-5, rtol=0)
     assert_close(out[3], x[3], atol=1e-6, rtol=0)  # zero shift is the identity
     assert_close(out[:, :, :, 6:], x[:, :, :, 6:], atol=0, rtol=0)  # greys have no hue
@@ -202,15 +206,16 @@ def masked_path(request, monkeypatch):
     """Run the ops both ways: the CPU's (masked ops on the selected sub-batch, views one at a time) and the
     GPU's (masked ops on the whole batch keeping the selected samples, to avoid a host sync; all views in one
     pass); both must match torchvision."""
-    monkeypatch.setattr(A, "_accelerated", lambda t: request.param)
+    for module in (A, B, C):  # every module that decides by it
+        monkeypatch.setattr(module, "accelerated", lambda t: request.param)
     return request.param
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_color_jitter_applies_each_sample_its_own_order(seed, masked_path):
     x = torch.cat([_images(seed, 12, 16, 20), _with_ties(seed, 12, 16, 20)])
-    params = A.sample_color_jitter(24, 0.6, 0.6, 0.6, 0.3, generator=_gen(seed))
-    apply = A.sample_flags(24, 0.8, _gen(seed + 1))
+    params = C.sample_color_jitter(24, 0.6, 0.6, 0.6, 0.3, generator=_gen(seed))
+    apply = C.sample_flags(24, 0.8, _gen(seed + 1))
     tv_ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     expected = []
     for i, img in enumerate(x):
@@ -218,7 +223,7 @@ def test_color_jitter_applies_each_sample_its_own_order(seed, masked_path):
             for j in params.order[i].tolist():
                 img = tv_ops[j](img, params.factors()[j][i].item())
         expected.append(img)
-    out = A.color_jitter(x, params, apply)
+    out = C.color_jitter(x, params, apply)
     assert_close(out, torch.stack(expected), atol=2e-5, rtol=0)
     assert torch.equal(out[~apply], x[~apply])
     assert not torch.equal(out[apply], x[apply])
@@ -226,7 +231,7 @@ def test_color_jitter_applies_each_sample_its_own_order(seed, masked_path):
 
 def test_sample_color_jitter_distribution():
     n = 20_000
-    params = A.sample_color_jitter(n, brightness=0.4, contrast=0.8, saturation=1.5, hue=0.1, generator=_gen(0))
+    params = C.sample_color_jitter(n, brightness=0.4, contrast=0.8, saturation=1.5, hue=0.1, generator=_gen(0))
     for factors, (low, high) in [(params.brightness, (0.6, 1.4)), (params.contrast, (0.2, 1.8)),
                                  (params.saturation, (0.0, 2.5)), (params.hue, (-0.1, 0.1))]:
         assert factors.shape == (n,)
@@ -243,7 +248,7 @@ def test_sample_color_jitter_distribution():
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.8, 1.0])
 def test_sample_flags_probability(p):
-    flags = A.sample_flags(20_000, p, _gen(0))
+    flags = C.sample_flags(20_000, p, _gen(0))
     assert flags.dtype == torch.bool
     assert abs(flags.double().mean().item() - p) < 0.015
 
@@ -256,17 +261,17 @@ def test_sample_flags_probability(p):
 def test_gaussian_blur_matches_torchvision(seed, kernel_size, masked_path):
     x = _images(seed, 8, 20, 36)
     sigmas = torch.rand(8, generator=_gen(seed)) * 1.9 + 0.1
-    flags = A.sample_flags(8, 0.5, _gen(seed + 1))
+    flags = C.sample_flags(8, 0.5, _gen(seed + 1))
     flags[:2] = torch.tensor([True, False])
     expected = torch.stack([TF.gaussian_blur(img, [kernel_size, kernel_size], [s.item(), s.item()]) if f else img
                             for img, s, f in zip(x, sigmas, flags, strict=True)])
-    out = A.gaussian_blur(x, sigmas, kernel_size, flags)
+    out = G.gaussian_blur(x, sigmas, kernel_size, flags)
     assert_close(out, expected, atol=1e-5, rtol=0)
     assert torch.equal(out[~flags], x[~flags])
 
 
 def test_sample_gaussian_blur_distribution():
-    sigmas = A.sample_gaussian_blur(20_000, (0.1, 2.0), generator=_gen(0))
+    sigmas = G.sample_gaussian_blur(20_000, (0.1, 2.0), generator=_gen(0))
     assert sigmas.min() >= 0.1 and sigmas.max() <= 2.0
     assert sigmas.min() < 0.11 and sigmas.max() > 1.99
     assert abs(sigmas.mean().item() - 1.05) < 0.02
@@ -309,7 +314,7 @@ def test_augment_is_deterministic_given_the_seed():
 def test_augment_applies_ops_with_their_probabilities():
     """With an identity crop, each output is the input, its mirror image, or its grey version."""
     images = _uint8_batch(2, 4000, 4, 4)
-    x = A.to_float(images)
+    x = B.to_float(images)
     identity_crop = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}
     flipped = A.augment(images, A.AugmentConfig(**identity_crop, jitter_p=0.0, gray_p=0.0), 4, _gen(0))
     is_flip = (flipped - x.flip(-1)).flatten(1).abs().amax(1) < 1e-6

@@ -12,7 +12,7 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.data.views import augmented_views
-from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.dynamics.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
 from selfsup.losses import barlow_twins_loss, cross_correlation, nt_xent, supcon_loss, triplet_loss
 from selfsup.methods import Batch
 from selfsup.methods.moco import MoCo

@@ -10,12 +10,14 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.data.views import augmented_views
-from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.dynamics.bank import bank_update
+from selfsup.dynamics.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.dynamics.queue import enqueue
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, triplet_loss
 from selfsup.methods import Batch
-from selfsup.methods.moco import MoCo, enqueue
-from selfsup.methods.npid import NPID, bank_update
+from selfsup.methods.moco import MoCo
+from selfsup.methods.npid import NPID
 
 
 def batch(n, num_samples=40, seed=0):

@@ -11,8 +11,8 @@ import selfsup
 import selfsup.engine.checkpoint as C
 from selfsup.config import TrainConfig
 from selfsup.data import load_data
+from selfsup.dynamics.ema import cosine_tau, ema_update
 from selfsup.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
-from selfsup.engine.ema import cosine_tau, ema_update
 from selfsup.engine.optim import LARS, lr_at
 from selfsup.errors import TrainingDiverged
 

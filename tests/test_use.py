@@ -17,6 +17,7 @@ from selfsup.cli import main
 from selfsup.data.folder import load_images
 from selfsup.engine.build import build_method, method_from_checkpoint
 from selfsup.engine.checkpoint import save_checkpoint
+from selfsup.evaluate import neighbours
 from selfsup.use import retrieve
 from tests.helpers import class_folder, write_images
 from tests.test_cli import assert_one_line_error
@@ -166,9 +167,9 @@ def test_large_indexes_use_faiss_with_the_same_answer(monkeypatch):
     pytest.importorskip("faiss", reason="faiss is optional and not installed")
     g = torch.Generator().manual_seed(0)
     index, queries = torch.randn(500, 16, generator=g), torch.randn(7, 16, generator=g)
-    exact = retrieve.nearest(queries, index, 5)
-    monkeypatch.setattr(retrieve, "FAISS_MIN", 100)
-    sims, pos = retrieve.nearest(queries, index, 5)
+    exact = neighbours.nearest(queries, index, 5)
+    monkeypatch.setattr(neighbours, "FAISS_MIN", 100)
+    sims, pos = neighbours.nearest(queries, index, 5)
     assert torch.equal(pos, exact[1])
     torch.testing.assert_close(sims, exact[0])
 

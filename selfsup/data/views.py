@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment, normalize, resize
-from selfsup.engine.distributed import rank, world_size
+from selfsup.data.augment import AugmentConfig, augment
+from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+from selfsup.distributed import rank, world_size
 
 
 def prepare(x: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,7 @@ from tqdm import tqdm
 
 from selfsup.config import TrainConfig, config_from_dict, validate
 from selfsup.data.sources import Dataset, ImageSet, load_data
-from selfsup.engine.build import build_method, check_method_args
-from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
-from selfsup.engine.distributed import (
+from selfsup.distributed import (
     all_reduce_mean,
     average_bn_statistics,
     barrier,
@@ -41,12 +39,14 @@ from selfsup.engine.distributed import (
     rank,
     world_size,
 )
+from selfsup.engine.build import build_method, check_method_args
+from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
 from selfsup.engine.optim import build_optimizer, lr_at
 from selfsup.errors import TrainingDiverged, UserError
 from selfsup.evaluate import extract_features, knn, probe, scores
+from selfsup.evaluate.neighbours import plot_retrieval
 from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
 from selfsup.methods import Batch, Method, get_method
-from selfsup.use.retrieve import plot_retrieval
 
 # buffers stay equal on every rank by construction (queues, banks, BN statistics under global BN) or are
 # averaged at every epoch end (BN statistics of per-rank batch norm: average_bn_statistics)

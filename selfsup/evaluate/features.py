@@ -8,7 +8,7 @@ from torch import nn
 
 from selfsup.backbones import stage_outputs
 from selfsup.data.views import eval_view
-from selfsup.engine.distributed import gather, is_distributed, rank, world_size
+from selfsup.distributed import gather, is_distributed, rank, world_size
 
 #: per-layer probes pool each stage's map to at most this many values per image
 MAX_STAGE_DIM = 8192

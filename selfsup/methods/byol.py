@@ -7,7 +7,7 @@ import copy
 import torch
 
 from selfsup.data.views import augmented_views
-from selfsup.engine.ema import cosine_tau, ema_update
+from selfsup.dynamics.ema import cosine_tau, ema_update
 from selfsup.heads import MLP
 from selfsup.losses import byol_regression
 from selfsup.methods.base import Batch, Method

@@ -11,26 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.views import augmented_views
-from selfsup.engine.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
-from selfsup.engine.distributed import gather, is_distributed
-from selfsup.engine.ema import ema_update
+from selfsup.distributed import gather, is_distributed
+from selfsup.dynamics.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
+from selfsup.dynamics.ema import ema_update
+from selfsup.dynamics.queue import enqueue
 from selfsup.errors import UserError
 from selfsup.heads import MLP
 from selfsup.losses import info_nce
 from selfsup.methods.base import Batch, Method
-
-
-@torch.no_grad()
-def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
-    """Overwrite the oldest ``len(keys)`` rows of the ring buffer ``queue`` with ``keys`` and advance ``ptr``
-    (MoCo's ``_dequeue_and_enqueue``). The queue size must be a multiple of ``len(keys)``."""
-    size, n = queue.shape[0], keys.shape[0]
-    if size % n:
-        raise UserError(f"moco: the queue size {size} must be divisible by the number of keys enqueued per "
-                        f"step ({n} = the global batch, twice that with symmetric=true); change queue_size")
-    rows = torch.arange(n, device=queue.device).add_(ptr).remainder_(size)  # on the device: no host sync
-    queue.index_copy_(0, rows, keys.to(queue.dtype))
-    ptr.add_(n).remainder_(size)
 
 
 class MoCo(Method):

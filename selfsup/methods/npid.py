@@ -7,15 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.views import augmented_views, eval_view
-from selfsup.engine.distributed import gather
+from selfsup.distributed import gather
+from selfsup.dynamics.bank import bank_update
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, instance_softmax, nce_loss, nce_normaliser
 from selfsup.methods.base import Batch, Method
-
-
-def bank_update(rows: torch.Tensor, features: torch.Tensor, momentum: float = 0.5) -> torch.Tensor:
-    """NPID's memory update (section 3.2): v_i <- normalise(momentum * v_i + (1 - momentum) * f_i)."""
-    return F.normalize(momentum * rows + (1 - momentum) * F.normalize(features.float(), dim=1), dim=1)
 
 
 class NPID(Method):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from selfsup.backbones.resnet import ResNet
-from selfsup.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import UserError
 
 FORMATS = ("torchvision", "timm", "onnx")

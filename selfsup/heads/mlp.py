@@ -1,4 +1,4 @@
-"""Small modules put on top of a backbone: projection and prediction MLPs, linear classifiers."""
+"""Projection and prediction MLPs (SimCLR, BYOL, MoCo v2, Barlow Twins)."""
 
 from __future__ import annotations
 

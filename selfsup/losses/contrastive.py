@@ -1,37 +1,22 @@
-"""Loss functions: pure functions of tensors with no hidden state.
+"""Contrastive and siamese losses: pure functions of tensors with no hidden state.
 
 Losses that mix samples across the batch gather the other ranks' embeddings with gradient when
-torch.distributed is initialised (:func:`selfsup.engine.distributed.gather_with_grad`); in a
+torch.distributed is initialised (:func:`selfsup.distributed.gather_with_grad`); in a
 single process the gather is the identity and costs nothing.
 
-Every loss runs in float32 even inside the trainer's bf16 autocast region (:func:`full_precision`):
-bf16 cosine similarities of 128-d unit vectors are off by up to ~2e-3 (measured), logit errors of
-~0.02 at a temperature of 0.07, and Barlow's cross-correlation sums 512-plus such products.
+Every loss runs in float32 even inside the trainer's bf16 autocast region
+(:func:`selfsup.losses.base.full_precision`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from selfsup.engine.distributed import all_reduce_with_grad, gather, gather_with_grad, rank, world_size
-
-Loss = TypeVar("Loss", bound=Callable[..., torch.Tensor])
-
-
-def full_precision(loss: Loss) -> Loss:
-    """Run ``loss`` with autocast disabled on its inputs' device, so its matmuls stay float32."""
-    @functools.wraps(loss)
-    def wrapper(*args, **kwargs):
-        device = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)).device.type
-        with torch.autocast(device, enabled=False):
-            return loss(*args, **kwargs)
-    return wrapper  # type: ignore[return-value]
+from selfsup.distributed import all_reduce_with_grad, gather, gather_with_grad, rank, world_size
+from selfsup.losses.base import full_precision
 
 
 def _global_index(n: int, device: torch.device) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.engine.distributed import gather, is_distributed, rank, world_size
+from selfsup.distributed import gather, is_distributed, rank, world_size
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
