@@ -32,7 +32,8 @@ def _train_parser(sub) -> None:
     a("--method", help="method name, see 'selfsup methods' (default simclr)")
     a("--data", help="digits | cifar10 | cifar100 | stl10 | a folder: class subfolders (labeled), a flat "
                      "folder (unlabeled), or a root with train/ and val/ or test/ (default digits)")
-    a("--backbone", help="small | resnet18 | resnet50 (default small)")
+    a("--backbone", help="small | resnet18 | resnet50 | alexnet | nin | sngan | timm:NAME (default: the method's, "
+                         "small for most; 'selfsup methods' lists them)")
     a("--method-arg", action="append", default=[], metavar="KEY=VALUE",
       help="a method option, e.g. temperature=0.2 (repeatable; 'selfsup methods NAME' lists them)")
     a("--augment", action="append", default=[], metavar="KEY=VALUE",
@@ -44,7 +45,7 @@ def _train_parser(sub) -> None:
                                      "all its views (default 256); under torchrun every process takes 1/N of it")
     a("--lr", type=float, help="peak learning rate (default: the method's base lr x batch/256)")
     a("--weight-decay", type=float, help="weight decay (default: the method's)")
-    a("--optimizer", help="sgd | lars (default: the method's)")
+    a("--optimizer", help="sgd | lars | adam | adamw (default: the method's)")
     a("--image-size", type=int, help="side of the network input in pixels (default: the data's; 16 for digits)")
     a("--seed", type=int, help="random seed (default 0); the same seed gives the same run")
     a("--knn-every", type=int, help="run the kNN monitor every N epochs (default: off)")
@@ -69,8 +70,13 @@ def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate checkpoints: knn, linear, or per-layer linear probes",
                        description="Evaluate frozen backbones on a labeled train/test split. Every table also "
                                    "shows the same backbone at random init (the lower bound).")
-    p.add_argument("protocol", choices=["knn", "linear", "layers"],
-                   help="knn: weighted kNN (k=200, T=0.1); linear: linear probe; layers: linear probe per stage")
+    p.add_argument("protocol", choices=["knn", "linear", "layers", "fid"],
+                   help="knn: weighted kNN (k=200, T=0.1); linear: linear probe; layers: linear probe per stage; "
+                        "fid: sample quality of a generative run (ssgan) against the test images")
+    p.add_argument("--features", help="fid: the network whose features compare real and generated images: a run "
+                                      "folder / checkpoint of this project, or inception:PATH (torchvision "
+                                      "Inception-v3 weights; only these give FIDs comparable to papers)")
+    p.add_argument("--samples", type=_positive, default=10_000, help="fid: images of each kind (default 10000)")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run folder or checkpoint.pt; repeat to compare several in one table")
     p.add_argument("--data", required=True, help="data SPEC with labels (as for train)")
@@ -222,17 +228,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     from selfsup.evaluate.report import format_table
 
     device = resolve_device(args.device)
+    if args.protocol == "fid":
+        return _run_fid(args, device)
     loaded = [method_from_checkpoint(c) for c in args.checkpoint]
     size = loaded[0][1]["image_size"]
     data = load_data(args.data, size, args.download)
     if not data.evaluable:
         raise UserError(f"'{args.data}' has no labeled train and test splits to evaluate on")
     first = loaded[0][0]
-    rand = method_from_checkpoint(args.checkpoint[0], trained=False)[0].backbone
-    rows = [(f"{ck['config']['method']} ({Path(p).name})", m.backbone.to(device))
+    rand = method_from_checkpoint(args.checkpoint[0], trained=False)[0].encoder()
+    rows = [(f"{ck['config']['method']} ({Path(p).name})", m.encoder().to(device))
             for p, (m, ck) in zip(args.checkpoint, loaded)] + [("random init", rand.to(device))]
     if args.protocol == "layers":
-        header = ["backbone"] + stage_names(first.backbone)
+        header = ["backbone"] + stage_names(first.encoder())
         table = [[name] + list(evaluate.layers(b, data.train, data.test, image_size=size, device=device).values())
                  for name, b in rows]
     else:
@@ -243,11 +251,21 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_fid(args: argparse.Namespace, device: torch.device) -> int:
+    from selfsup.use.fid import fid_table
+
+    if not args.features:
+        raise UserError("eval fid needs --features: a run folder of this project or inception:PATH")
+    print(fid_table(args.checkpoint, args.data, args.features, args.samples, device, args.download))
+    return 0
+
+
 def _run_methods(args: argparse.Namespace) -> int:
     import inspect
 
     from selfsup.backbones import BACKBONES
-    from selfsup.engine.build import method_options
+    from selfsup.config import TrainConfig
+    from selfsup.engine.build import method_options, optimizer_settings
     from selfsup.methods import METHODS, get_method
 
     if args.name:
@@ -256,7 +274,9 @@ def _run_methods(args: argparse.Namespace) -> int:
         doc = inspect.getdoc(cls)
         if doc:
             print(doc + "\n")
-        print(f"defaults: optimizer {cls.optimizer}, lr {cls.base_lr:g} x batch/256, weight decay {cls.weight_decay:g}")
+        for name, s in optimizer_settings(TrainConfig(method=cls.name)).items():
+            print(f"optimiser {name}: {s.optimizer}, lr {s.lr:g}{' (x batch/256)' if name == 'main' else ''}, weight "
+                  f"decay {s.weight_decay:g}, {s.schedule} schedule")
         print("options (--method-arg KEY=VALUE, or method_args: in a --config file):")
         for key, default in method_options(cls).items():
             print(f"  {key} = {default!r}")
@@ -271,13 +291,13 @@ def _run_methods(args: argparse.Namespace) -> int:
 
 
 def _backbone(checkpoint: str, device: str) -> tuple[nn.Module, int, torch.device]:
-    """The trained backbone of a run folder or checkpoint, on ``device``, and the image size it was trained at."""
+    """The trained encoder of a run folder or checkpoint, on ``device``, and the image size it was trained at."""
     from selfsup.engine.build import method_from_checkpoint
     from selfsup.engine.trainer import resolve_device
 
     dev = resolve_device(device)
     method, ckpt = method_from_checkpoint(checkpoint)
-    return method.backbone.to(dev), ckpt["image_size"], dev
+    return method.encoder().to(dev), ckpt["image_size"], dev
 
 
 def _run_embed(args: argparse.Namespace) -> int:

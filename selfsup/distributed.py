@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -54,6 +56,42 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+def gather_rows(local: torch.Tensor, share: int, n: int, device: torch.device) -> torch.Tensor:
+    """All ranks' rows in rank order, on the CPU: rank r holds rows ``[r * share, (r + 1) * share)`` of ``n``
+    (the last ones fewer); shares are padded to equal length for all_gather (on ``device``), then trimmed."""
+    if not is_distributed():
+        return local
+    padded = torch.zeros(share, *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    return gather(padded).cpu()[:n]
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; tensors should be on the CPU); ``obj`` itself in one process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def reduce_gradients(params: list[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` over ranks in place (one all-reduce per dtype and device): what
+    DistributedDataParallel does during backward, for steps it cannot wrap (several phases, each training
+    its own parameters). No-op in a single process."""
+    if not is_distributed():
+        return
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
 def barrier() -> None:

@@ -59,3 +59,73 @@ def run_ranks(fn, world: int, *args) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_rank_entry, args=(fn, world, free_port(), args), nprocs=world, join=True)
+
+
+def colour_shapes(n: int = 600, size: int = 16, seed: int = 0):
+    """A labeled colour data set: 4 classes of shapes (disk, square, cross, ring) of random size and place, each
+    class in its own hue (with some spread) on a noisy grey background. Colour follows from shape, so methods
+    that predict colour from lightness (colourisation) learn the shapes. Split 2:1 into train and test."""
+    import torch
+
+    from selfsup.data.sources import Dataset, ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    cy, cx = (torch.rand(2, n, 1, 1, generator=g) * 0.4 + 0.3) * size
+    r = (torch.rand(n, 1, 1, generator=g) * 0.15 + 0.2) * size
+    dy, dx = (yy - cy).abs(), (xx - cx).abs()
+    dist = (dy**2 + dx**2).sqrt()
+    shapes = torch.stack([dist < r, (dy < r) & (dx < r), ((dy < r / 3) & (dx < r)) | ((dx < r / 3) & (dy < r)),
+                          (dist < r) & (dist > r / 2)], 1)
+    mask = shapes[torch.arange(n), labels].float().unsqueeze(1)  # (n, 1, H, W)
+    hues = torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.2], [0.2, 0.3, 0.9], [0.9, 0.8, 0.1]])
+    colour = (hues[labels] + 0.1 * torch.randn(n, 3, generator=g)).clamp(0, 1).view(n, 3, 1, 1)
+    background = 0.4 + 0.1 * torch.randn(n, 1, size, size, generator=g)
+    images = (mask * colour + (1 - mask) * background).clamp(0, 1).mul(255).round().to(torch.uint8)
+    cut = 2 * n // 3
+    train = ImageSet(images[:cut], labels[:cut], ["disk", "square", "cross", "ring"])
+    test = ImageSet(images[cut:], labels[cut:], ["disk", "square", "cross", "ring"])
+    return Dataset("colour-shapes", pretrain=train, train=train, test=test, augment={"crop_scale": (0.6, 1.0)})
+
+
+def _dataset(name: str):
+    from selfsup.data import load_data
+
+    return colour_shapes() if name == "colour-shapes" else load_data(name)
+
+
+def _train_rank(rank: int, cfg, out: Path, data: str) -> None:
+    import selfsup
+
+    selfsup.train(cfg, out, evaluate=False, show_progress=False, data=_dataset(data))
+
+
+def assert_two_ranks_train_like_one(tmp_path: Path, cfg, data: str = "digits", atol: float = 2e-5) -> dict:
+    """Train ``cfg`` in one process and in 2 gloo processes (each with half the global batch); every parameter
+    and buffer of the two checkpoints must agree. Returns the single process's final state."""
+    import torch
+
+    import selfsup
+    from selfsup.engine.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    selfsup.train(cfg, tmp_path / "one", evaluate=False, show_progress=False, data=_dataset(data))
+    run_ranks(_train_rank, 2, cfg, tmp_path / "two", data)
+    one, two = (load_checkpoint(tmp_path / d)["state"] for d in ("one", "two"))
+    assert one.keys() == two.keys()
+    for k in one:
+        if one[k].is_floating_point():
+            torch.testing.assert_close(one[k], two[k], atol=atol, rtol=1e-4, msg=k)
+        else:
+            assert torch.equal(one[k], two[k]), k
+    return one
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts equal bit for bit (exact resume)."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

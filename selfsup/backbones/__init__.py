@@ -1,9 +1,9 @@
-"""Encoders we keep after pretraining, with their stage outputs exposed for per-layer probes.
+"""Encoders we keep after pretraining, with their stages exposed for per-layer probes.
 
-Every backbone maps a float image batch ``(B, 3, H, W)`` to features ``(B, D)``. Backbones built here
-also implement ``forward_stages(x) -> list[Tensor]``: the feature map after each stage, which the
-per-layer linear probe (``selfsup eval layers``) reads. Any other ``nn.Module`` works as a backbone;
-it then exposes only its final output.
+Every backbone maps a float image batch ``(B, C, H, W)`` to features ``(B, D)``. The backbones built here
+subclass :class:`~selfsup.backbones.base.Backbone` (timm's feature contract: ``stage_info``, ``forward_stages``,
+``forward_features``, ``forward_head``); the per-layer linear probe (``selfsup eval layers``) reads their stages.
+Any other ``nn.Module`` works as a backbone; the helpers below then see only its final output.
 """
 
 from __future__ import annotations
@@ -11,25 +11,63 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup.backbones import alexnet
+from selfsup.backbones.base import Backbone, StageInfo
+from selfsup.backbones.nin import NIN
 from selfsup.backbones.resnet import ResNet
 from selfsup.backbones.small import SmallConvNet
+from selfsup.backbones.sngan import SNGANDiscriminator
+from selfsup.backbones.timm_backbone import TimmBackbone
 from selfsup.errors import UserError
+
+__all__ = ["BACKBONES", "Backbone", "StageInfo", "build_backbone", "feature_dim", "feature_map", "stage_channels",
+           "stage_names", "stage_outputs"]
 
 BACKBONES: dict[str, str] = {
     "small": "4 conv-BN-ReLU blocks (32-64-128-256), max-pool between, global average pool; 0.39 M params",
-    "resnet18": "ResNet-18 (He et al., CVPR 2016); CIFAR stem below 64 px, ImageNet stem otherwise",
-    "resnet50": "ResNet-50 (He et al., CVPR 2016); CIFAR stem below 64 px, ImageNet stem otherwise",
+    "resnet18": "ResNet-18 (He et al., CVPR 2016); CIFAR stem below 64 px, ImageNet stem otherwise; 11.2 M params",
+    "resnet50": "ResNet-50 (He et al., CVPR 2016); CIFAR stem below 64 px, ImageNet stem otherwise; 23.5 M params",
+    "alexnet": "AlexNet conv1-5 with BN (Krizhevsky et al., NeurIPS 2012); conv1 3x3/1, 5x5/2 or 11x11/4 by image "
+               "size; 2.5 M params",
+    "nin": "Network-in-Network, 4 blocks of 3 convs, RotNet's CIFAR trunk (Gidaris et al., ICLR 2018); 1.4 M params",
+    "sngan": "SNGAN's 32 px ResNet discriminator trunk (Miyato et al., ICLR 2018), global sum pool; 1.1 M params",
+    "timm:NAME": "any timm model, random init (pip install timm), e.g. timm:resnet18, timm:vit_tiny_patch16_224",
 }
 
+_BY_WIDTH = {"small": SmallConvNet, "nin": NIN, "sngan": SNGANDiscriminator}
 
-def build_backbone(name: str, image_size: int = 32, stem: str | None = None) -> nn.Module:
-    """Build a backbone by name. ``stem`` is ``"cifar"`` or ``"imagenet"`` for ResNets (default by size)."""
-    if name == "small":
-        return SmallConvNet()
+
+def build_backbone(name: str, image_size: int = 32, *, in_channels: int = 3, width: float = 1.0,
+                   stem: str | None = None) -> Backbone:
+    """Build a backbone by name for ``in_channels``-channel images of ``image_size`` px.
+
+    ``width`` multiplies the channels of small, alexnet, nin and sngan. ``stem`` picks the first layer of the
+    ResNets (``cifar`` | ``imagenet``) and of alexnet (``cifar`` | ``stl`` | ``imagenet``); default by image size.
+    """
+    if in_channels < 1:
+        raise UserError(f"in_channels must be at least 1 (got {in_channels})")
+    if not width > 0:
+        raise UserError(f"width must be positive (got {width})")
+    if name.startswith("timm:"):
+        if width != 1:
+            raise UserError(f"only width 1 is supported for timm models (got {width})")
+        _no_stem(name, stem)
+        return TimmBackbone(name.removeprefix("timm:"), image_size, in_channels)
     if name in ("resnet18", "resnet50"):
-        stem = stem or ("cifar" if image_size < 64 else "imagenet")
-        return ResNet(name, stem=stem)
-    raise UserError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+        if width != 1:
+            raise UserError(f"only width 1 is supported for ResNets (got {width})")
+        return ResNet(name, stem or ("cifar" if image_size < 64 else "imagenet"), in_channels)
+    if name == "alexnet":
+        return alexnet.AlexNet(in_channels, width, stem or alexnet.default_stem(image_size))
+    if name not in _BY_WIDTH:
+        raise UserError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    _no_stem(name, stem)
+    return _BY_WIDTH[name](in_channels, width)
+
+
+def _no_stem(name: str, stem: str | None) -> None:
+    if stem is not None:
+        raise UserError(f"the {name} backbone has no stem option (resnet18, resnet50 and alexnet have)")
 
 
 def stage_outputs(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -44,9 +82,32 @@ def stage_names(backbone: nn.Module) -> list[str]:
     return list(getattr(backbone, "stage_names", ["output"]))
 
 
+def stage_channels(backbone: nn.Module) -> list[int]:
+    """Channels of every stage's map, from ``stage_info`` (no forward pass); a foreign module has none."""
+    if not isinstance(backbone, Backbone):
+        raise UserError(f"the {type(backbone).__name__} backbone does not describe its stages (no stage_info)")
+    return [s.channels for s in backbone.stage_info]
+
+
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last spatial feature map ``(B, C, h, w)``; a foreign module needs a ``forward_features`` giving one."""
+    if isinstance(backbone, Backbone):
+        return backbone.feature_map(x)
+    fmap = backbone.forward_features(x) if hasattr(backbone, "forward_features") else None
+    if not isinstance(fmap, torch.Tensor) or fmap.dim() != 4:
+        raise UserError(f"the {type(backbone).__name__} backbone gives no spatial feature map "
+                        f"(it needs forward_features returning (B, C, H, W))")
+    return fmap
+
+
 @torch.no_grad()
-def feature_dim(backbone: nn.Module, image_size: int, channels: int = 3) -> int:
-    """Infer the output size of ``backbone`` with one dummy forward pass in eval mode."""
+def feature_dim(backbone: nn.Module, image_size: int, channels: int | None = None) -> int:
+    """Infer the output size of ``backbone`` with one dummy forward pass in eval mode.
+
+    ``channels`` defaults to the backbone's ``in_channels`` for the backbones built here, else 3.
+    """
+    if channels is None:
+        channels = backbone.in_channels if isinstance(backbone, Backbone) else 3
     was_training = backbone.training
     backbone.eval()
     try:

@@ -5,22 +5,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selfsup.backbones.base import Backbone, StageInfo, conv_bn_relu, scaled
 
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+WIDTHS = (32, 64, 128, 256)
 
 
-class SmallConvNet(nn.Module):
-    """Four conv-BN-ReLU blocks of widths 32-64-128-256, 2x2 max-pool between, global average pool."""
+class SmallConvNet(Backbone):
+    """Four conv3x3-BN-ReLU blocks of widths 32-64-128-256 (times ``width``), 2x2 max-pool (ceil mode) between,
+    global average pool. Stages ``block1..block4`` at strides 1, 2, 4, 8."""
 
-    stage_names = ("block1", "block2", "block3", "block4")
-
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256)) -> None:
+    def __init__(self, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
+        widths = tuple(scaled(w, width) for w in WIDTHS)
         chans = (in_channels, *widths)
-        self.blocks = nn.ModuleList(_block(a, b) for a, b in zip(chans[:-1], chans[1:]))
+        self.blocks = nn.ModuleList(conv_bn_relu(a, b) for a, b in zip(chans[:-1], chans[1:]))
         self.pool = nn.MaxPool2d(2, ceil_mode=True)
-        self.out_dim = widths[-1]
+        self.in_channels, self.out_dim = in_channels, widths[-1]
+        self.stage_info = [StageInfo(f"block{i + 1}", w, 2**i) for i, w in enumerate(widths)]
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
@@ -30,6 +31,3 @@ class SmallConvNet(nn.Module):
             x = block(x)
             outs.append(x)
         return outs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_stages(x)[-1].mean(dim=(2, 3))

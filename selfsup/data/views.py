@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch.profiler import record_function
 
@@ -9,11 +12,24 @@ from selfsup.data.augment import AugmentConfig, augment
 from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
 from selfsup.distributed import rank, world_size
 
+T = TypeVar("T")
+
+
+def device_layout(x: torch.Tensor) -> torch.Tensor:
+    """A network input in the layout its device runs fastest: channels_last on GPU."""
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
 
 def prepare(x: torch.Tensor) -> torch.Tensor:
-    """Normalise a float [0, 1] batch; channels_last on GPU, where convolutions are faster in it."""
-    x = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    """Normalise a float [0, 1] batch (ImageNet mean and std), in the device's layout."""
+    return device_layout(normalize(x, IMAGENET_MEAN, IMAGENET_STD))
+
+
+def for_this_rank(sample: Callable[[int], T], batch: int) -> T:
+    """Per-sample random parameters (or latents) of this rank's ``batch`` rows: ``sample(n)`` draws ``n`` rows,
+    here for the global batch of all ranks, and each rank keeps its rows, so that N processes draw exactly
+    what one process with the global batch does (the generator is seeded alike on every rank)."""
+    return sample(batch * world_size())[rank() * batch : (rank() + 1) * batch]
 
 
 def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,

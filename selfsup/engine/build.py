@@ -1,4 +1,4 @@
-"""Turn a config (plus data facts) into a ready method, and a checkpoint back into one."""
+"""Turn a config (plus data facts) into a resolved config and a ready method, and a checkpoint back into one."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from selfsup.backbones import build_backbone, feature_dim
-from selfsup.config import TrainConfig, config_from_dict
+from selfsup.config import OPTIMIZER_FIELDS, TrainConfig, config_from_dict
 from selfsup.data.augment import AugmentConfig
+from selfsup.data.sources import Dataset
 from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.engine.optim import OptimizerSettings, resolve_optimizers
 from selfsup.errors import UserError
 from selfsup.methods import Method, get_method
 
@@ -23,6 +25,14 @@ def augment_config(values: dict[str, Any]) -> AugmentConfig:
     if unknown:
         raise UserError(f"unknown augment option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def backbone_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``backbone_args`` (``width``, ``stem``), checked by name."""
+    unknown = sorted(set(values) - {"width", "stem"})
+    if unknown:
+        raise UserError(f"unknown backbone option(s) {', '.join(unknown)}; known: stem, width")
+    return values
 
 
 def method_options(cls: type[Method]) -> dict[str, Any]:
@@ -40,6 +50,30 @@ def check_method_args(cls: type[Method], args: dict[str, Any]) -> None:
                         f"its options: {', '.join(sorted(params)) or 'none'}")
 
 
+def optimizer_settings(cfg: TrainConfig) -> dict[str, OptimizerSettings]:
+    """Every optimiser of the run's method with its settings (see :func:`selfsup.engine.optim.resolve_optimizers`)."""
+    return resolve_optimizers(get_method(cfg.method), {k: getattr(cfg, k) for k in OPTIMIZER_FIELDS},
+                              cfg.optimizers, cfg.batch_size)
+
+
+def resolve_config(cfg: TrainConfig, data: Dataset) -> TrainConfig:
+    """Resolve every ``None`` into the value this run uses, so config.yaml replays it exactly: the image size,
+    backbone, augmentation and every optimiser's settings (the first in the top-level keys, the others
+    under ``optimizers``)."""
+    cls = get_method(cfg.method)
+    values = cfg.to_dict()
+    values["image_size"] = cfg.image_size or (16 if cfg.data == "digits" else data.native_size)
+    values["backbone"] = cfg.backbone or cls.default_backbone
+    augment = {**data.augment, **cls.augment_defaults, **cfg.augment}  # the user's keys win, then the method's
+    values["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in augment.items()}
+    settings = [s.to_dict() for s in optimizer_settings(cfg).values()]
+    values.update(settings[0])
+    values["optimizers"] = dict(zip(list(cls.optimizer_defaults)[1:], settings[1:], strict=True))
+    if cfg.steps is None and cfg.epochs is None:
+        values["epochs"] = 100
+    return config_from_dict(values)
+
+
 def build_method(cfg: TrainConfig, image_size: int, num_classes: int, backbone: nn.Module | None = None,
                  num_samples: int = 0) -> Method:
     """Seeded construction: the same config and seed give the same initial weights.
@@ -49,9 +83,11 @@ def build_method(cfg: TrainConfig, image_size: int, num_classes: int, backbone: 
     cls = get_method(cfg.method)
     check_method_args(cls, cfg.method_args)
     torch.manual_seed(cfg.seed)
-    backbone = backbone if backbone is not None else build_backbone(cfg.backbone, image_size)
+    if backbone is None:
+        backbone = build_backbone(cfg.backbone or cls.default_backbone, image_size, in_channels=cls.in_channels,
+                                  **backbone_options(cfg.backbone_args))
     aug = augment_config({**cls.augment_defaults, **cfg.augment})
-    return cls(backbone, feature_dim(backbone, image_size), image_size, aug,
+    return cls(backbone, feature_dim(backbone, image_size, cls.in_channels), image_size, aug,
                num_classes=num_classes, num_samples=num_samples, **cfg.method_args)
 
 

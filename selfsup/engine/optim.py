@@ -1,11 +1,16 @@
-"""Optimisers and the learning-rate schedule."""
+"""Optimisers (SGD, LARS, Adam, AdamW), their settings as a method declares and a config overrides them, and the
+learning-rate schedules."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from selfsup.errors import UserError
 
 
 class LARS(torch.optim.Optimizer):
@@ -59,32 +64,83 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float, norm_bias_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(params: list[nn.Parameter], weight_decay: float, norm_bias_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay (and LARS adaptation) on weights only; biases and norm parameters are exempt and step at
     ``norm_bias_lr_scale`` times the scheduled rate (``lr_scale``; Barlow Twins' paper: 0.0048 / 0.2)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in params:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay, lr_scale=1.0),
             dict(params=no_decay, weight_decay=0.0, lars=False, lr_scale=norm_bias_lr_scale)]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float,
-                    fused: bool = False, lars_eta: float = 0.001, lars_clip: bool = False,
-                    norm_bias_lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """SGD or LARS over :func:`param_groups`; set each group's rate as ``lr * group.get("lr_scale", 1)``."""
-    groups = param_groups(model, weight_decay, norm_bias_lr_scale)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=lars_eta, clip=lars_clip)
+@dataclass
+class OptimizerSettings:
+    """One optimiser's resolved settings (the config keys of :data:`selfsup.config.OPTIMIZER_FIELDS`)."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    lars_eta: float = 0.001
+    lars_clip: bool = False
+    norm_bias_lr_scale: float = 1.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def resolve_optimizers(method_cls: type, top: dict[str, Any], named: dict[str, dict[str, Any]],
+                       batch_size: int) -> dict[str, OptimizerSettings]:
+    """Every optimiser of ``method_cls`` with its settings: the method's defaults (``optimizer_defaults``,
+    and for the first optimiser its class attributes ``optimizer``, ``base_lr`` x batch/256 and
+    ``weight_decay``), overridden by the config: ``top`` (the top-level keys) for the first optimiser,
+    ``named[name]`` for the others. ``None`` values mean "the default"."""
+    names = list(method_cls.optimizer_defaults)
+    unknown = sorted(set(named) - set(names[1:]))
+    if unknown:
+        first = f"; '{names[0]}' is set by the top-level keys (lr, optimizer, ...)" if names[0] in unknown else ""
+        raise UserError(f"method {method_cls.name} has no optimiser {', '.join(map(repr, unknown))} under "
+                        f"optimizers (its others: {', '.join(names[1:]) or 'none'}){first}")
+    out = {}
+    for i, name in enumerate(names):
+        values: dict[str, Any] = {}
+        if i == 0:
+            values.update(optimizer=method_cls.optimizer, lr=method_cls.base_lr * batch_size / 256,
+                          weight_decay=method_cls.weight_decay)
+        values.update(method_cls.optimizer_defaults[name])
+        values.update({k: v for k, v in (top if i == 0 else named.get(name, {})).items() if v is not None})
+        if "lr" not in values:
+            raise UserError(f"method {method_cls.name} gives optimiser '{name}' no lr; set optimizers.{name}.lr")
+        values["betas"] = tuple(values.get("betas", (0.9, 0.999)))
+        out[name] = OptimizerSettings(**values)
+    return out
+
+
+def build_optimizer(params: list[nn.Parameter], s: OptimizerSettings, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD, LARS, Adam or AdamW over :func:`param_groups`; set each group's rate as ``lr * group["lr_scale"]``.
+
+    ``fused``: torch's fused CUDA kernels (SGD, Adam, AdamW)."""
+    groups = param_groups(params, s.weight_decay, s.norm_bias_lr_scale)
+    if s.optimizer == "lars":
+        return LARS(groups, lr=s.lr, momentum=s.momentum, trust_coefficient=s.lars_eta, clip=s.lars_clip)
     for g in groups:
         g.pop("lars", None)
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, fused=fused or None)
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, fused=fused or None)
+    cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=s.lr, betas=s.betas, fused=fused or None)
 
 
-def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
-    """Linear warmup for ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_at(step: int, total: int, base_lr: float, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warmup for ``warmup`` steps, then cosine decay to 0 at ``total`` (or ``base_lr`` throughout)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
+    if schedule == "constant":
+        return base_lr
     progress = (step - warmup) / max(1, total - warmup)
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))

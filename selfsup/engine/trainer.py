@@ -2,20 +2,17 @@
 
 A run folder holds ``config.yaml`` (replayable with ``--config``), ``checkpoint.pt`` (written
 atomically at every epoch end), ``metrics.csv`` (one row per ``log_every`` steps), TensorBoard
-events in ``tb/``, ``loss.png``, ``embedding.png``, ``retrieval.png`` and ``metrics.json``.
+events in ``tb/``, ``loss.png``, ``embedding.png``, ``retrieval.png``, the method's own pictures and
+``metrics.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import inspect
-import itertools
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +22,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.profiler import record_function
-from tqdm import tqdm
 
 from selfsup.config import TrainConfig, config_from_dict, validate
-from selfsup.data.sources import Dataset, ImageSet, load_data
+from selfsup.data.sources import Dataset, load_data
 from selfsup.distributed import (
     all_reduce_mean,
     average_bn_statistics,
@@ -36,24 +32,26 @@ from selfsup.distributed import (
     convert_sync_batchnorm,
     init_from_env,
     is_main_process,
-    rank,
     world_size,
 )
-from selfsup.engine.build import build_method, check_method_args
+from selfsup.engine.batches import batches as step_batches
+from selfsup.engine.build import build_method, check_method_args, optimizer_settings, resolve_config
 from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
-from selfsup.engine.optim import build_optimizer, lr_at
+from selfsup.engine.epoch import Epoch
+from selfsup.engine.logger import StepLogger
+from selfsup.engine.optim import build_optimizer
+from selfsup.engine.step import Stepper, autocast
 from selfsup.errors import TrainingDiverged, UserError
 from selfsup.evaluate import extract_features, knn, probe, scores
 from selfsup.evaluate.neighbours import plot_retrieval
 from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
-from selfsup.methods import Batch, Method, get_method
+from selfsup.methods import Method, get_method
 
 # buffers stay equal on every rank by construction (queues, banks, BN statistics under global BN) or are
 # averaged at every epoch end (BN statistics of per-rank batch norm: average_bn_statistics)
 NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                   else {"broadcast_buffers": False})
 RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
-CSV_FIELDS = ["step", "epoch", "loss", "lr", "samples_per_second", "elapsed_seconds", "knn_top1"]
 
 
 @dataclass
@@ -69,6 +67,11 @@ class Run:
     @property
     def backbone(self) -> nn.Module:
         return self.method.backbone
+
+    @property
+    def encoder(self) -> nn.Module:
+        """What evaluation uses: the backbone on RGB for most methods (see Method.encoder)."""
+        return self.method.encoder()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,52 +98,6 @@ def _schedule(cfg: TrainConfig, n_images: int) -> tuple[int, int]:
     per_epoch = n_images // cfg.batch_size
     total = cfg.steps if cfg.steps is not None else per_epoch * (cfg.epochs or 100)
     return per_epoch, total
-
-
-def _fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
-    """Resolve every ``None`` into the value this run uses, so config.yaml replays it exactly."""
-    cls = get_method(cfg.method)
-    values = cfg.to_dict()
-    values["image_size"] = cfg.image_size or (16 if cfg.data == "digits" else data.native_size)
-    values["optimizer"] = cfg.optimizer or cls.optimizer
-    values["lr"] = cfg.lr if cfg.lr is not None else cls.base_lr * cfg.batch_size / 256
-    values["weight_decay"] = cfg.weight_decay if cfg.weight_decay is not None else cls.weight_decay
-    augment = {**data.augment, **cls.augment_defaults, **cfg.augment}  # the user's keys win, then the method's
-    values["augment"] = {k: list(v) if isinstance(v, tuple) else v for k, v in augment.items()}
-    if cfg.steps is None and cfg.epochs is None:
-        values["epochs"] = 100
-    return config_from_dict(values)
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-
-
-def _open_stream(pretrain, cfg: TrainConfig, epoch: int, pos: int, per_epoch: int, device: torch.device):
-    """Batches of a streamed set from step ``pos`` of ``epoch`` on, for this rank (see selfsup.data.stream).
-
-    A folder follows the same global order as in-memory data (exact resume, disjoint rank shards);
-    tar shards are dealt to ranks and workers per epoch, and a rank that runs out of batches before
-    the epoch's last step starts another pass."""
-    from selfsup.data.stream import FileImages
-
-    world, local, pin = world_size(), cfg.batch_size // world_size(), device.type == "cuda"
-    if isinstance(pretrain.images, FileImages):
-        order = _epoch_order(len(pretrain), cfg.seed, epoch)[: per_epoch * cfg.batch_size]
-        mine = order.view(per_epoch, world, local)[:, rank()].reshape(-1)
-        return pretrain.images.batches(mine, pos, local, cfg.workers, pin, pretrain.labels)
-
-    def passes():
-        for n in itertools.count():
-            got = False
-            for item in pretrain.images.batches(cfg.seed * 1_000_003 + epoch * 1009 + n, rank(), world,
-                                                pos if n == 0 else 0, local, cfg.workers, pin):
-                got = True
-                yield item
-            if not got:
-                raise UserError(f"the shards give process {rank()} no full batch of {local} images per worker; "
-                                "use fewer --workers or a smaller --batch-size")
-    return passes()
 
 
 def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = False,
@@ -184,75 +141,74 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
         raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
-    cfg = _fill_defaults(cfg, data)
+    cfg = resolve_config(cfg, data)
     per_epoch, total = _schedule(cfg, len(data.pretrain))
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
     method, model, local_bn = _build_model(cfg, data, backbone, device)
-    optimizer = build_optimizer(method, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay,
-                                fused=device.type == "cuda" and cfg.optimizer == "sgd",
-                                lars_eta=cfg.lars_eta, lars_clip=cfg.lars_clip,
-                                norm_bias_lr_scale=cfg.norm_bias_lr_scale)
-    warmup = min(int(cfg.warmup_epochs * per_epoch), total // 10)
+    settings = optimizer_settings(cfg)
+    params = {name: [p for p in method.parameters_of(name) if p.requires_grad] for name in settings}
+    optimizers = {name: build_optimizer(params[name], s, fused=device.type == "cuda" and s.optimizer != "lars")
+                  for name, s in settings.items()}
+    stepper = Stepper(method, model, optimizers, settings, params, total, per_epoch, device)
 
     barrier()  # only now, after every check on every rank, is anything written (by rank 0 alone)
     if main:
         _write_run_folder(out, cfg, clear=ckpt is None and overwrite)
-    start, baseline = 0, {}
+    start, baseline, weights = 0, {}, None
     if ckpt is not None:
         method.load_state_dict(ckpt["state"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, baseline = ckpt["step"], ckpt["baseline"]
-    elif evaluate and data.evaluable:  # the lower bound: this very backbone before any training
-        initial = probe(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device)
+        states = ckpt.get("optimizers") or {next(iter(optimizers)): ckpt["optimizer"]}  # before several optimisers
+        for name, opt in optimizers.items():
+            opt.load_state_dict(states[name])
+        start, baseline, weights = ckpt["step"], ckpt["baseline"], ckpt.get("sampling_weights")
+    elif evaluate and data.evaluable:  # the lower bound: this very encoder before any training
+        initial = probe(method.encoder(), data.train, data.test, image_size=cfg.image_size, device=device)
         baseline = {f"random_init_{k}": v for k, v in initial.items()}
     streamed = data.pretrain.streamed  # in memory, the images and labels move to the GPU once, as uint8
     images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
     labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None
-    if ckpt is None:
-        with autocast(device):
-            method.on_train_start(images)
     ckpt_path = out / FILENAME
     logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
-
     writer = CheckpointWriter()  # written in the background: the next steps run while the file is written
+
+    def epoch_start(epoch: int) -> torch.Tensor | None:
+        nonlocal weights
+        ctx = Epoch(epoch, images, method, optimizers, device, cfg.seed)
+        with autocast(device), record_function("on_epoch_start"):
+            method.on_epoch_start(ctx)
+        weights = ctx.weights
+        return weights
 
     def checkpoint(step: int, finished: bool) -> None:
         if not main:
             return
         writer.save(ckpt_path, dict(
             config=cfg.to_dict(), step=step, epoch=step // per_epoch, finished=finished,
-            state=method.state_dict(), optimizer=optimizer.state_dict(), baseline=baseline,
-            train_seconds=logger.train_seconds, image_size=cfg.image_size, num_classes=data.num_classes,
-            num_samples=len(data.pretrain)))
+            state=method.state_dict(), optimizers={n: o.state_dict() for n, o in optimizers.items()},
+            sampling_weights=weights, baseline=baseline, train_seconds=logger.train_seconds,
+            image_size=cfg.image_size, num_classes=data.num_classes, num_samples=len(data.pretrain)))
 
     method.train()
     last = total if stop_at is None else min(total, stop_at)
     # no checkpoint thread may run while a stream forks its DataLoader workers
-    batches = _batches(data.pretrain, images, labels, cfg, start, total, per_epoch, device, writer.wait)
+    source = step_batches(data.pretrain, images, labels, cfg, start, total, per_epoch, device, writer.wait,
+                          epoch_start, weights)
     try:
-        for step, batch in enumerate(batches, start):
+        for step, batch in enumerate(source, start):
             epoch, pos = divmod(step, per_epoch)
-            lr = lr_at(step, total, cfg.lr, warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before lr_scale have none
-            with autocast(device), record_function("forward"):  # views, backbone, heads, loss
-                loss = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            with record_function("backward"):
-                loss.backward()
-            with record_function("optimizer"):
-                optimizer.step()
+            rates = stepper.set_rates(step)
+            values = stepper.run(batch)
             with record_function("after_step"):
                 method.after_step((step + 1) / total)
             epoch_end = pos == per_epoch - 1 or step + 1 == last
             if epoch_end and local_bn:  # before the kNN monitor and the checkpoint: every rank, one model
                 average_bn_statistics(method)
-            if logger.add(loss.detach(), flush=epoch_end):
+            if logger.add(values, flush=epoch_end):
                 monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
-                score = knn(method.backbone, data.train, data.test, image_size=cfg.image_size, device=device) \
+                score = knn(method.encoder(), data.train, data.test, image_size=cfg.image_size, device=device) \
                     if monitor else None
-                logger.write(step + 1, epoch, lr, score)
+                logger.write(step + 1, epoch, rates, score)
                 if not math.isfinite(logger.last_loss):
                     logger.close()
                     writer.wait()
@@ -268,7 +224,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
             if step + 1 == last:
                 break
     finally:
-        batches.close()
+        source.close()
         writer.wait()
     logger.close()
     if last < total:  # stopped early on request: resumable, not evaluated
@@ -279,7 +235,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
 def _write_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
     """Create ``out`` (removing an earlier run's files first if ``clear``) and write the resolved config."""
     if clear and out.exists():
-        for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png"):
+        for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png", *get_method(cfg.method).pictures):
             p = out / f
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,41 +262,6 @@ def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
     return method, model, local_bn
 
 
-def _batches(pretrain: ImageSet, images: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig, start: int,
-             total: int, per_epoch: int, device: torch.device, before_fork: Callable[[], None]) -> Iterator[Batch]:
-    """This rank's batch of every step from ``start`` on: a slice of the epoch's global order from
-    ``images`` (in memory, on the device), or the next batch of a stream (``before_fork`` runs before a
-    stream starts its worker processes). Each carries its step's own augmentation seed."""
-    order, stream, local = None, None, cfg.batch_size // world_size()
-    for step in range(start, total):
-        epoch, pos = divmod(step, per_epoch)
-        # augmentation parameters are drawn on the device: no host-device traffic in the step
-        generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)
-        if pretrain.streamed:  # workers decode; pinned batches are copied without blocking
-            if stream is None or pos == 0:
-                before_fork()
-                stream = _open_stream(pretrain, cfg, epoch, pos, per_epoch, device)
-            idx, x, y = next(stream)
-            yield Batch(images=x.to(device, non_blocking=True),
-                        labels=None if y is None else y.to(device, non_blocking=True),
-                        indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
-        else:
-            if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
-                order = _epoch_order(len(images), cfg.seed, epoch).to(images.device)
-            # this rank's slice of the global batch: disjoint shards, together exactly one global batch
-            first = pos * cfg.batch_size + rank() * local
-            idx = order[first : first + local]
-            yield Batch(images=images[idx], labels=None if labels is None else labels[idx],
-                        indices=idx.to(device), generator=generator, progress=step / total)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the training step on CUDA, nothing on CPU (evaluation always runs in float32)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _out_of_time(started: float, minutes: float, device: torch.device) -> bool:
     """Whether any process has used up ``minutes`` since ``started`` (all processes agree)."""
     late = torch.tensor(float(time.monotonic() - started > 60 * minutes), device=device)
@@ -357,7 +278,7 @@ def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: 
                                    samples_per_second=round(total * cfg.batch_size / train_seconds, 1),
                                    device=str(device), processes=world_size(), **baseline)
     if evaluate and data.evaluable:  # every rank embeds its share; all get the same numbers
-        train_feats, test_feats = (extract_features(method.backbone, s.images, cfg.image_size, device=device)
+        train_feats, test_feats = (extract_features(method.encoder(), s.images, cfg.image_size, device=device)
                                    for s in (data.train, data.test))
         metrics.update(scores(train_feats, data.train.labels, test_feats, data.test.labels))
     if not main:
@@ -367,82 +288,10 @@ def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: 
                        title=f"{cfg.method} {cfg.backbone}: test embeddings (t-SNE)")
         plot_retrieval(data.train, train_feats, data.test, test_feats, out / "retrieval.png",
                        title=f"{cfg.method} {cfg.backbone}: test images and their nearest train images")
+    metrics.update(method.report(out, data))
     plot_loss(out / "metrics.csv", out / "loss.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return Run(out, cfg, method, data, metrics)
-
-
-class StepLogger:
-    """metrics.csv rows, TensorBoard scalars and the progress bar, one host sync per ``log_every`` steps."""
-
-    def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool,
-                 train_seconds: float = 0.0, main: bool = True) -> None:
-        self.main = main
-        if main:
-            _trim_csv(out / "metrics.csv", start)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out / "tb"), purge_step=start or None)
-            self.file = open(out / "metrics.csv", "a", newline="")
-            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
-            if start == 0:
-                self.csv.writeheader()
-        self.bar = tqdm(total=total, initial=start, disable=not show_progress, unit="step", dynamic_ncols=True,
-                        desc=cfg.method, mininterval=1.0)
-        self.batch_size, self.every = cfg.batch_size, cfg.log_every
-        self.train_seconds = self.logged_seconds = train_seconds
-        self.last_loss, self.window_loss, self.window_steps, self.window_start = 0.0, 0.0, 0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor, flush: bool) -> bool:
-        """Accumulate one step's loss (on the device); True when a row is due (window full or ``flush``)."""
-        self.window_loss = loss + self.window_loss
-        self.window_steps += 1
-        if self.window_steps < self.every and not flush:
-            return False
-        self.train_seconds += time.perf_counter() - self.window_start
-        return True
-
-    def write(self, step: int, epoch: int, lr: float, knn_top1: float | None = None) -> None:
-        """Write the window's row: the one host sync per window happens here (mean over ranks)."""
-        self.last_loss = float(all_reduce_mean(torch.as_tensor(self.window_loss))) / self.window_steps
-        if not self.main:
-            self.window_loss, self.window_steps, self.logged_seconds = 0.0, 0, self.train_seconds
-            self.window_start = time.perf_counter()
-            return
-        row = dict(step=step, epoch=epoch, loss=round(self.last_loss, 6), lr=lr,
-                   samples_per_second=round(self.window_steps * self.batch_size / max(
-                       self.train_seconds - self.logged_seconds, 1e-9), 1),
-                   elapsed_seconds=round(self.train_seconds, 2),
-                   knn_top1="" if knn_top1 is None else round(knn_top1, 4))
-        self.csv.writerow(row)
-        self.file.flush()
-        self.writer.add_scalar("loss", self.last_loss, step)
-        self.writer.add_scalar("lr", lr, step)
-        if knn_top1 is not None:
-            self.writer.add_scalar("knn_top1", knn_top1, step)
-            self.bar.write(f"step {step}: kNN top-1 {knn_top1 * 100:.1f}%")
-        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", samples_s=f"{row['samples_per_second']:.0f}")
-        self.bar.update(self.window_steps)
-        self.window_loss, self.window_steps, self.logged_seconds = 0.0, 0, self.train_seconds
-        self.window_start = time.perf_counter()
-
-    def close(self) -> None:
-        self.bar.close()
-        if self.main:
-            self.writer.close()
-            self.file.close()
-
-
-def _trim_csv(path: Path, step: int) -> None:
-    """On resume, drop log rows written after the checkpoint we resume from."""
-    if step == 0 or not path.exists():
-        return
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def results_table(metrics: dict[str, Any]) -> str:

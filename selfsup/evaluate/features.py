@@ -8,7 +8,7 @@ from torch import nn
 
 from selfsup.backbones import stage_outputs
 from selfsup.data.views import eval_view
-from selfsup.distributed import gather, is_distributed, rank, world_size
+from selfsup.distributed import gather_rows, is_distributed, rank, world_size
 
 #: per-layer probes pool each stage's map to at most this many values per image
 MAX_STAGE_DIM = 8192
@@ -50,12 +50,5 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, image_size: int,
         backbone.train(was_training)
     cols = [torch.cat(parts)[: 0 if empty else None] for parts in zip(*out)]
     if is_distributed():
-        cols = [_gather_rows(c, share, n, device) for c in cols]
+        cols = [gather_rows(c, share, n, device) for c in cols]
     return cols if stages else cols[0]
-
-
-def _gather_rows(local: torch.Tensor, share: int, n: int, device: torch.device) -> torch.Tensor:
-    """All ranks' rows in rank order (shares padded to equal length for all_gather, then trimmed)."""
-    padded = torch.zeros(share, *local.shape[1:], dtype=local.dtype, device=device)
-    padded[: len(local)] = local.to(device)
-    return gather(padded).cpu()[:n]

@@ -6,16 +6,21 @@ from selfsup.errors import UserError
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Batch, Method
 from selfsup.methods.byol import BYOL
+from selfsup.methods.colorization import Colorization
+from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.ssgan import SSGAN
 from selfsup.methods.supcon import SupCon
 from selfsup.methods.supervised import Supervised
 from selfsup.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID, BarlowTwins, SupCon, Triplet,
-                                                        RotNet, Supervised)}
+                                                        RotNet, Jigsaw, Colorization, SSGAN, DeepCluster,
+                                                        Supervised)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

@@ -11,7 +11,7 @@ from selfsup.distributed import gather
 from selfsup.dynamics.bank import bank_update
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, instance_softmax, nce_loss, nce_normaliser
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch, EpochContext, Method
 
 
 class NPID(Method):
@@ -46,26 +46,19 @@ class NPID(Method):
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.no_grad()
-    def on_train_start(self, images: torch.Tensor, chunk: int = 512) -> None:
-        """Fill the bank with every image's feature under the initial weights (un-augmented, batch-norm in
-        training mode without touching its running statistics) instead of random unit vectors, so that
-        the positives mean something from the first step; the paper's random rows are only replaced one
-        epoch later, which costs a short run everything (below random-init kNN at 5 CIFAR-10 epochs).
-        Streamed sets keep the random rows (a full decoding pass would cost an epoch), and so does the NCE
-        loss, whose constant Z is the paper's estimate against random rows: against a bank of the initial,
-        nearly parallel features every noise row would look like a positive and the loss explodes."""
-        if not isinstance(images, torch.Tensor) or self.loss == "nce":
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        """Before the first step, fill the bank with every image's feature under the initial weights (un-augmented,
+        batch norm in training mode over the global batch, its running statistics left as they are) instead of
+        random unit vectors, so that the positives mean something from the first step; the paper's random rows
+        are only replaced one epoch later, which costs a short run everything (below random-init kNN at 5
+        CIFAR-10 epochs). Streamed sets keep the random rows (a full decoding pass would cost an epoch), and so
+        does the NCE loss, whose constant Z is the paper's estimate against random rows: against a bank of the
+        initial, nearly parallel features every noise row would look like a positive and the loss explodes."""
+        if ctx.epoch > 0 or ctx.streamed or self.loss == "nce":
             return
-        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-        for m in norms:
-            m.momentum = 0.0  # batch statistics, running statistics left as they are
-        rows = [F.normalize(self.head(self.backbone(eval_view(images[s : s + chunk], self.image_size))).float(),
-                            dim=1) for s in range(0, len(images), chunk)]
-        for m, (momentum, tracked) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
-        self.bank.copy_(torch.cat(rows))
+        rows = ctx.extract(lambda x: F.normalize(self.head(self.backbone(eval_view(x, self.image_size))).float(),
+                                                 dim=1), batch_size=512, sharded=False)
+        self.bank.copy_(rows.to(self.bank.device))
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)

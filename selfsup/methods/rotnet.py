@@ -6,16 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.data.ops.rotate import rotations
 from selfsup.data.views import augmented, prepare
 from selfsup.heads import MLP
 from selfsup.methods.base import Batch, Method
-
-
-def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All four rotations of every image in one batch, (4B, C, H, W), with labels 0..3 (k * 90 degrees)."""
-    rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
-    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
-    return rotated, labels
 
 
 class RotNet(Method):

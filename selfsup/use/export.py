@@ -1,8 +1,10 @@
-"""The backbone alone, loadable without selfsup: a torchvision / timm ResNet state dict, or an ONNX graph.
+"""The encoder alone, loadable without selfsup: a torchvision / timm state dict, or an ONNX graph.
 
 Our ResNet wraps the torchvision model as ``.net`` with ``fc = nn.Identity()``, so its state dict is
 torchvision's without the ``net.`` prefix and without ``fc``; timm's resnet18/50 use the same names.
 The CIFAR stem (3x3 ``conv1``, no max-pool) must be set on the loading side; the ImageNet stem needs nothing.
+A ``timm:NAME`` backbone holds the timm model as ``.net`` too. An encoder that transforms its input first
+(colourisation's L channel, DeepCluster's Sobel filter) exports as ONNX only: the graph keeps the transform.
 """
 
 from __future__ import annotations
@@ -14,20 +16,38 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selfsup.backbones.inputs import InputEncoder
 from selfsup.backbones.resnet import ResNet
+from selfsup.backbones.timm_backbone import TimmBackbone
 from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import UserError
 
 FORMATS = ("torchvision", "timm", "onnx")
-CIFAR_STEM = "model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)\nmodel.maxpool = nn.Identity()\n"
 
 
-def resnet_state_dict(backbone: nn.Module, fmt: str = "torchvision") -> dict[str, torch.Tensor]:
-    """The torchvision (= timm) state dict of one of our ResNets, classifier left out."""
-    if not isinstance(backbone, ResNet):
-        raise UserError(f"the {type(backbone).__name__} backbone has no {fmt} equivalent; "
-                        f"use --format onnx (it works for every backbone)")
+def state_dict_for(backbone: nn.Module, fmt: str = "torchvision") -> dict[str, torch.Tensor]:
+    """The torchvision (= timm) state dict of one of our ResNets, or the timm state dict of a ``timm:`` backbone,
+    classifier left out."""
+    if not (isinstance(backbone, ResNet) or (fmt == "timm" and isinstance(backbone, TimmBackbone))):
+        what = "encoder (its input is transformed first)" if isinstance(backbone, InputEncoder) else \
+            f"{type(backbone).__name__} backbone"
+        raise UserError(f"the {what} has no {fmt} equivalent; use --format onnx (it works for every encoder)")
     return {k.removeprefix("net."): v.detach().cpu() for k, v in backbone.state_dict().items()}
+
+
+def _loading_code(backbone: nn.Module, fmt: str, out: str | Path) -> str:
+    """Python that rebuilds the architecture without selfsup and loads the exported weights."""
+    if isinstance(backbone, TimmBackbone):
+        args = "".join(f", {k}={v!r}" for k, v in backbone.create_kwargs.items())
+        return (f'import torch, timm\nmodel = timm.create_model("{backbone.model_name}"{args})\n'
+                f'model.load_state_dict(torch.load("{out}"))\nmodel.eval()\nfeatures = model(x)\n')
+    build = f"torchvision.models.{backbone.arch}()" if fmt == "torchvision" else f'timm.create_model("{backbone.arch}")'
+    channels = backbone.in_channels
+    stem = (f"model.conv1 = nn.Conv2d({channels}, 64, 3, 1, 1, bias=False)\nmodel.maxpool = nn.Identity()\n"
+            if backbone.stem == "cifar" else
+            f"model.conv1 = nn.Conv2d({channels}, 64, 7, 2, 3, bias=False)\n" if channels != 3 else "")
+    return (f"import torch, {fmt}\nfrom torch import nn\nmodel = {build}\nmodel.fc = nn.Identity()\n{stem}"
+            f'model.load_state_dict(torch.load("{out}"))\nmodel.eval()\nfeatures = model(x)\n')
 
 
 def export_onnx(backbone: nn.Module, out: str | Path, image_size: int) -> None:
@@ -54,12 +74,8 @@ def export(backbone: nn.Module, fmt: str, out: str | Path, image_size: int) -> s
         code = (f'import onnxruntime\nsession = onnxruntime.InferenceSession("{out}")\n'
                 f'features = session.run(None, {{"images": x}})[0]  # x: float32 numpy array\n')
     else:
-        torch.save(resnet_state_dict(backbone, fmt), out)
-        build = (f"torchvision.models.{backbone.arch}()" if fmt == "torchvision"
-                 else f'timm.create_model("{backbone.arch}")')
-        code = (f"import torch, {fmt}\nfrom torch import nn\nmodel = {build}\nmodel.fc = nn.Identity()\n"
-                f"{CIFAR_STEM if backbone.stem == 'cifar' else ''}"
-                f'model.load_state_dict(torch.load("{out}"))\nmodel.eval()\nfeatures = model(x)\n')
+        torch.save(state_dict_for(backbone, fmt), out)
+        code = _loading_code(backbone, fmt, out)
     return (f"wrote {out}; load it without selfsup:\n\n{code}\n"
             f"x: RGB images (B, 3, {image_size}, {image_size}) scaled to [0, 1], then normalised with "
             f"mean {IMAGENET_MEAN} and std {IMAGENET_STD}")

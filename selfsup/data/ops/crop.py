@@ -49,7 +49,7 @@ def sample_resized_crop(batch: int, height: int, width: int, scale: tuple[float,
     return move(boxes.to(torch.float32), device)
 
 
-def _source_coords(start: Tensor, length: Tensor, out_size: int, full_size: int) -> Tensor:
+def source_coords(start: Tensor, length: Tensor, out_size: int, full_size: int) -> Tensor:
     """``grid_sample`` coordinates (B, out_size) of a bilinear resize of spans ``[start, start + length)``.
 
     Same source positions as ``F.interpolate(..., align_corners=False)`` on the cropped span:
@@ -76,7 +76,7 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> 
     out_h, out_w = (size, size) if isinstance(size, int) else size
     batch, _, height, width = images.shape
     top, left, h, w = boxes.to(images.device, torch.float32).unbind(1)
-    grid_y = _source_coords(top, h, out_h, height)[:, :, None].expand(batch, out_h, out_w)
-    grid_x = _source_coords(left, w, out_w, width)[:, None, :].expand(batch, out_h, out_w)
+    grid_y = source_coords(top, h, out_h, height)[:, :, None].expand(batch, out_h, out_w)
+    grid_x = source_coords(left, w, out_w, width)[:, None, :].expand(batch, out_h, out_w)
     grid = torch.stack([grid_x, grid_y], 3).to(images.dtype)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

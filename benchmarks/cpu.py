@@ -1,0 +1,166 @@
+"""The CPU tables: SimCLR next to lightly (``cpu-simclr``) and every method in the same setting (``cpu-methods``):
+CIFAR-10 from JPEG folders, the small convnet, batch 256, 1000 steps, kNN (k=200, T=0.1) and linear probe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import selfsup
+from benchmarks.common import HERE, environment, log_windows, median, probe_lightly, run_lightly, save
+from benchmarks.tables import load
+from selfsup.data import load_data
+from selfsup.data.augment import AugmentConfig, augment
+from selfsup.data.sources import Dataset
+
+#: what a run's row keeps of its metrics
+SCORES = ("knn_top1", "linear_top1", "random_init_knn_top1", "random_init_linear_top1", "train_seconds",
+          "samples_per_second")
+
+
+def augment_throughput(images: torch.Tensor, seconds: float = 10.0, batch: int = 256) -> float:
+    """Views/s of our two-view SimCLR augmentation on one CPU thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg, x = AugmentConfig(), images[:batch]
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            augment(x, cfg, 32, g, views=2)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            augment(x, cfg, 32, g, views=2)
+            n += 2 * batch
+        return n / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ours(data: str, steps: int, batch: int, out: Path, dataset: Dataset | None = None, evaluate: bool = True) -> dict:
+    """selfsup's SimCLR with the small convnet on the CPU: the run's metrics."""
+    cfg = selfsup.TrainConfig(method="simclr", data=data, backbone="small", steps=steps, batch_size=batch,
+                              device="cpu")
+    run = selfsup.train(cfg, out, overwrite=True, evaluate=evaluate, show_progress=False, data=dataset)
+    return run.metrics
+
+
+def cpu_simclr(args: argparse.Namespace) -> None:
+    env = environment()
+    dataset = load_data(args.data)
+    print(f"data: {len(dataset.pretrain)} train / {len(dataset.test)} test images", flush=True)
+    result: dict = dict(name="cpu-simclr", **env, dataset="CIFAR-10 (JPEG folders)", backbone="small",
+                        method="simclr", steps=args.steps, batch_size=args.batch_size)
+
+    ours_views = augment_throughput(dataset.pretrain.images)
+    lt = Path(tempfile.mkdtemp()) / "transform.json"
+    subprocess.run([args.lightly_python, str(HERE / "lightly_transform_speed.py"), "--data", args.data, "--out",
+                    str(lt)], check=True, stdout=subprocess.DEVNULL)
+    lightly_views = json.loads(lt.read_text())["views_per_second"]
+    result["augment"] = dict(ours_views_per_second=round(ours_views), lightly_views_per_second=round(lightly_views),
+                             ratio=round(ours_views / lightly_views, 1), threads=1, batch=256, image_size=32)
+    print(f"two-view augmentation, one thread: ours {ours_views:.0f} views/s, lightly {lightly_views:.0f} "
+          f"views/s ({ours_views / lightly_views:.1f}x)", flush=True)
+
+    work = Path(tempfile.mkdtemp())
+    speeds: dict[str, list[float]] = {"ours": [], "lightly": []}
+    for r in range(args.rounds):  # alternate short windows: machine drift hits both alike
+        m = ours(args.data, args.speed_steps, args.batch_size, work / f"ours{r}", dataset, evaluate=False)
+        speeds["ours"].append(m["samples_per_second"])
+        t = run_lightly(args.lightly_python, args.data, args.speed_steps, args.batch_size, work / f"lightly{r}",
+                        quiet=True)
+        speeds["lightly"].append(t["samples_per_second"])
+        print(f"speed round {r}: ours {speeds['ours'][-1]:.0f}, lightly {speeds['lightly'][-1]:.0f} samples/s",
+              flush=True)
+    med = {k: median(v) for k, v in speeds.items()}
+    result["speed"] = dict(steps_per_window=args.speed_steps, rounds=args.rounds, samples_per_second=speeds,
+                           median=med, ratio=round(med["ours"] / med["lightly"], 2))
+
+    m = ours(args.data, args.steps, args.batch_size, work / "ours_full", dataset)
+    print(f"ours {args.steps} steps: kNN {m['knn_top1']:.3f} (random {m['random_init_knn_top1']:.3f}), "
+          f"{m['samples_per_second']:.0f} samples/s", flush=True)
+    t = run_lightly(args.lightly_python, args.data, args.steps, args.batch_size, work / "lightly_full", quiet=True)
+    lm = probe_lightly(work / "lightly_full", "small", dataset, "cpu")
+    print(f"lightly {args.steps} steps: kNN {lm['knn_top1']:.3f}, {t['samples_per_second']:.0f} samples/s", flush=True)
+    result["ours"] = {k: m[k] for k in SCORES}
+    result["lightly"] = dict(version=t.get("lightly_version"), knn_top1=lm["knn_top1"], linear_top1=lm["linear_top1"],
+                             train_seconds=t["train_seconds"], samples_per_second=t["samples_per_second"])
+    save(result, "cpu_simclr")
+
+
+# every method on the CPU table (issue 4): name -> (method, method_args, config overrides); the backbone is the
+# small convnet unless the overrides name another (None: the method's own default, recorded in the row)
+CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
+    "simclr": ("simclr", {}, {}), "mocov1": ("moco", {"version": 1}, {}), "mocov2": ("moco", {"version": 2}, {}),
+    "byol": ("byol", {}, {}), "byol-sgd": ("byol", {}, {"optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4}),
+    # lightly's step: its loss 0.5 (-cos - cos) is a quarter of the paper's (2 - 2 cos) + (2 - 2 cos) we use
+    "byol-sgd-lightly": ("byol", {}, {"optimizer": "sgd", "lr": 0.03, "weight_decay": 5e-4}),
+    # solo-learn's CIFAR LARS (trust coefficient 0.02, the step capped at the scheduled lr) and its rates
+    "byol-lars-solo": ("byol", {}, {"lr": 1.0, "weight_decay": 1e-5, "lars_eta": 0.02, "lars_clip": True}),
+    "barlow": ("barlow", {}, {}), "npid": ("npid", {}, {}),
+    "barlow-lars-solo": ("barlow", {}, {"lr": 0.3, "weight_decay": 1e-4, "lars_eta": 0.02, "lars_clip": True}),
+    "barlow-solo": ("barlow", {"scale_loss": 0.1},  # solo-learn's whole optimiser setting: also the loss x 0.1
+                    {"lr": 0.3, "weight_decay": 1e-4, "lars_eta": 0.02, "lars_clip": True}),
+    "npid-nce": ("npid", {"loss": "nce"}, {}),
+    "npid-nce-t0.5": ("npid", {"loss": "nce", "temperature": 0.5}, {}), "supcon": ("supcon", {}, {}),
+    "triplet": ("triplet", {}, {}), "triplet-random": ("triplet", {"mining": "random"}, {}),
+    "triplet-paper": ("triplet", {"mining": "hard", "hard_from": 0.1, "candidates": 100, "top_k": 4}, {}),
+    "supervised": ("supervised", {}, {}),
+    "jigsaw": ("jigsaw", {}, {}), "colorization": ("colorization", {}, {}),
+    "ssgan": ("ssgan", {}, {"backbone": None}),  # the GAN's own discriminator trunk (sngan), not the small convnet
+    "deepcluster": ("deepcluster", {}, {}),
+}
+
+
+def method_config(name: str, data: str, steps: int, batch_size: int, **options: object) -> selfsup.TrainConfig:
+    """The config of the table's row ``name`` (see :data:`CPU_METHODS`) on the CPU; ``options``: other keys."""
+    method, method_args, extra = CPU_METHODS[name]
+    return selfsup.TrainConfig(**{**dict(method=method, data=data, backbone="small", steps=steps,
+                                         batch_size=batch_size, device="cpu", method_args=method_args),
+                                  **options, **extra})
+
+
+def cpu_methods(args: argparse.Namespace) -> None:
+    """Every method of :data:`CPU_METHODS`, small convnet, CIFAR-10, batch 256, 1000 steps, on the CPU.
+
+    One run at a time (each uses every core); each finished method is written at once, so an
+    interrupted table resumes where it stopped (``--force`` re-runs).
+    """
+    names = args.methods.split(",")
+    unknown = sorted(set(names) - set(CPU_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown --methods {', '.join(unknown)}; choose from {', '.join(CPU_METHODS)}")
+    result = load("cpu_methods") or {}
+    result.update(name="cpu-methods", dataset="CIFAR-10 (JPEG folders)", backbone="small", steps=args.steps,
+                  batch_size=args.batch_size)
+    runs = result.setdefault("runs", {})
+    env, dataset = environment(), load_data(args.data)  # the code that runs is the code at start
+    if args.speed_steps:  # a quiet pass: speed alone, every method back to back on an otherwise idle machine
+        for name in names:
+            cfg = method_config(name, args.data, args.speed_steps, args.batch_size,
+                                log_every=max(1, args.speed_steps // 4))
+            out = Path(tempfile.mkdtemp())
+            selfsup.train(cfg, out, overwrite=True, evaluate=False, show_progress=False, data=dataset)
+            runs.setdefault(name, {})["quiet_samples_per_second"] = round(median(sorted(log_windows(out))[1:]), 1)
+            runs[name]["quiet_commit"] = env["commit"]
+            print(f"{name}: {runs[name]['quiet_samples_per_second']} samples/s", flush=True)
+        result["quiet"] = dict(steps=args.speed_steps, date=env["date"], note="median log window of a short run "
+                               "per method, nothing else running; the full runs' samples/s shared the machine")
+        save(result, "cpu_methods")
+        return
+    for name in names:
+        if name in runs and not args.force:
+            continue
+        method, method_args, extra = CPU_METHODS[name]
+        cfg = method_config(name, args.data, args.steps, args.batch_size)
+        m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False, data=dataset).metrics
+        runs[name] = dict(**{k: m[k] for k in SCORES}, method=method, method_args=method_args, config=extra,
+                          backbone=m["backbone"], **env)
+        print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f}"
+              f" / {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s", flush=True)
+        save(result, "cpu_methods")

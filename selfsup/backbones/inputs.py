@@ -1,0 +1,81 @@
+"""Encoders whose trunk sees a transform of the image rather than RGB: colourisation's L channel (Zhang et al.,
+ECCV 2016), DeepCluster's Sobel edges (Caron et al., ECCV 2018). The wrapper takes the standard evaluation
+input (ImageNet-normalised RGB), so kNN, probes, ``embed``, ``export`` (ONNX) and ``retrieve`` use it as any
+backbone; the transform has no parameters and lives in the exported graph."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones.base import Backbone
+from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.data.ops.lab import rgb_to_lab
+
+
+def _unit_rgb(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised RGB back to [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x * std + mean).clamp(0.0, 1.0)
+
+
+def lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """The network input of colourisation: Lab lightness of [0, 1] RGB, centred and scaled to [-1, 1]."""
+    return rgb_to_lab(rgb)[:, :1].sub(50.0).div(50.0)
+
+
+class Lightness(nn.Module):
+    """ImageNet-normalised RGB -> :func:`lightness` (1 channel)."""
+
+    channels = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lightness(_unit_rgb(x))
+
+
+def sobel(rgb: torch.Tensor) -> torch.Tensor:
+    """DeepCluster's fixed input filter: the grey image's horizontal and vertical Sobel gradients (2 channels)."""
+    gray = rgb.mean(1, keepdim=True)
+    k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=rgb.dtype, device=rgb.device)
+    return F.conv2d(gray, torch.stack([k, k.T]).unsqueeze(1), padding=1)
+
+
+class Sobel(nn.Module):
+    """ImageNet-normalised RGB -> :func:`sobel` of its [0, 1] values (2 channels)."""
+
+    channels = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sobel(_unit_rgb(x))
+
+
+class Standardise(nn.Module):
+    """Each image to zero mean and unit standard deviation per channel, as jigsaw tiles are during training
+    (Noroozi & Favaro, ECCV 2016): the trunk then sees inputs with the statistics it was trained on."""
+
+    channels = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-2:], eps=1e-10)
+
+
+class InputEncoder(nn.Module):
+    """``backbone(transform(x))``, with the backbone's stages (per-layer probes) and its state dict under
+    ``backbone.``; shares the backbone's parameters with the method that trains it."""
+
+    def __init__(self, transform: nn.Module, backbone: nn.Module) -> None:
+        super().__init__()
+        self.transform, self.backbone = transform, backbone
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(getattr(self.backbone, "stage_names", ("output",)))
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.transform(x)
+        return self.backbone.forward_stages(x) if isinstance(self.backbone, Backbone) else [self.backbone(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.transform(x))

@@ -1,0 +1,109 @@
+"""metrics.csv rows, TensorBoard scalars and the progress bar, with one host sync per log window."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from selfsup.config import TrainConfig
+from selfsup.distributed import all_reduce_mean
+
+#: the columns every run has; named loss terms go after "loss", other optimisers' rates after "lr"
+FIRST, LAST = ["step", "epoch", "loss"], ["samples_per_second", "elapsed_seconds", "knn_top1"]
+
+
+class StepLogger:
+    """Accumulates a step's named scalars (the total ``loss`` and any loss terms) on the device and writes a
+    row every ``log_every`` steps: the window's means, synchronised with the host (and averaged over ranks)
+    once per window."""
+
+    def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool,
+                 train_seconds: float = 0.0, main: bool = True) -> None:
+        self.main, self.path = main, out / "metrics.csv"
+        self.fields = _trim_csv(self.path, start) if main else None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=start or None)
+        self.bar = tqdm(total=total, initial=start, disable=not show_progress, unit="step", dynamic_ncols=True,
+                        desc=cfg.method, mininterval=1.0)
+        self.batch_size, self.every = cfg.batch_size, cfg.log_every
+        self.train_seconds = self.logged_seconds = train_seconds
+        self.last_loss = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window: dict[str, torch.Tensor | float] = {}
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        self.logged_seconds = self.train_seconds
+
+    def add(self, values: dict[str, torch.Tensor], flush: bool) -> bool:
+        """Accumulate one step's scalars (detached, on the device); True when a row is due (window full or
+        ``flush``)."""
+        for k, v in values.items():
+            self.window[k] = v + self.window.get(k, 0.0)
+        self.window_steps += 1
+        if self.window_steps < self.every and not flush:
+            return False
+        self.train_seconds += time.perf_counter() - self.window_start
+        return True
+
+    def write(self, step: int, epoch: int, rates: dict[str, float], knn_top1: float | None = None) -> None:
+        """Write the window's row (``rates``: each optimiser's current lr, the first one logged as ``lr``)."""
+        keys = list(self.window)
+        means = all_reduce_mean(torch.stack([torch.as_tensor(self.window[k]).float() for k in keys]))
+        values = dict(zip(keys, (v / self.window_steps for v in means.tolist()), strict=True))  # the one sync
+        self.last_loss = values["loss"]
+        if not self.main:
+            self._reset()
+            return
+        names = list(rates)
+        row = dict(step=step, epoch=epoch, **{k: round(v, 6) for k, v in values.items()}, lr=rates[names[0]],
+                   **{f"lr/{n}": rates[n] for n in names[1:]},
+                   samples_per_second=round(self.window_steps * self.batch_size / max(
+                       self.train_seconds - self.logged_seconds, 1e-9), 1),
+                   elapsed_seconds=round(self.train_seconds, 2),
+                   knn_top1="" if knn_top1 is None else round(knn_top1, 4))
+        self._write_row(row)
+        for k, v in row.items():
+            if k not in ("step", "epoch", "samples_per_second", "elapsed_seconds") and v != "":
+                self.writer.add_scalar(k, v, step)
+        if knn_top1 is not None:
+            self.bar.write(f"step {step}: kNN top-1 {knn_top1 * 100:.1f}%")
+        terms = {k: f"{v:.3g}" for k, v in values.items() if k != "loss"}  # loss terms, phase by phase
+        self.bar.set_postfix(loss=f"{self.last_loss:.4f}", **terms, samples_s=f"{row['samples_per_second']:.0f}")
+        self.bar.update(self.window_steps)
+        self._reset()
+
+    def _write_row(self, row: dict) -> None:
+        if self.fields is None:  # the first row of a run fixes the columns
+            self.fields = [k for k in row if k not in LAST] + LAST
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, self.fields).writeheader()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.main:
+            self.writer.close()
+
+
+def _trim_csv(path: Path, step: int) -> list[str] | None:
+    """On resume, drop log rows written after the checkpoint we resume from; the file's columns (None for a
+    new run: the first row writes the header)."""
+    if step == 0 or not path.exists():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if int(r["step"]) <= step]
+        fields = list(reader.fieldnames or FIRST + ["lr"] + LAST)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(rows)
+    return fields

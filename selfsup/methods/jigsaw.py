@@ -1,0 +1,64 @@
+"""Jigsaw puzzles: which of a set of permutations shuffled an image's 3 x 3 tiles (Noroozi & Favaro,
+"Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles", ECCV 2016)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones.inputs import InputEncoder, Standardise
+from selfsup.data.ops.tiles import (
+    crop_tiles,
+    normalize_tiles,
+    permute_tiles,
+    sample_grid_tiles,
+    sample_permutation_index,
+)
+from selfsup.data.permutations import max_hamming_permutations
+from selfsup.data.views import augmented, device_layout, for_this_rank
+from selfsup.errors import UserError
+from selfsup.heads.tiles import ConcatHead
+from selfsup.methods.base import Batch, Method
+
+
+class Jigsaw(Method):
+    """Every image (after a random resized crop, a flip and, for 30% of them, grayscale: the paper's guard
+    against chromatic shortcuts) is cut into a ``grid`` x ``grid`` grid of cells; in each cell a random tile of
+    ``tile_frac`` of its side (64 / 85 as in the paper, so the gaps between tiles are random and edges cannot be
+    matched), normalised by its own mean and std per channel. The tiles are shuffled by one of ``permutations``
+    permutations, chosen greedily for maximal average Hamming distance (the paper's algorithm 1, from
+    ``permutation_seed``; the set is a buffer, saved with the run); the backbone runs once over all B x 9 tiles
+    (at their own size, so they keep the scale of the images it is evaluated on) and a head on the concatenated
+    tile features classifies the permutation.
+    """
+
+    name = "jigsaw"
+    paper = "Noroozi & Favaro, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles, ECCV 2016"
+    augment_defaults = {"crop_scale": (0.6, 1.0), "jitter_p": 0.0, "gray_p": 0.3}
+
+    def __init__(self, *args, permutations: int = 100, grid: int = 3, tile_frac: float = 64 / 85,
+                 permutation_seed: int = 0, head_hidden_dim: int = 1024, tile_size: int | None = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if grid < 2 or self.image_size // grid < 1:
+            raise UserError(f"jigsaw: a {grid} x {grid} grid needs grid >= 2 and images of at least {grid} px")
+        self.grid, self.tile_frac, self.tile_size = grid, tile_frac, tile_size
+        self.register_buffer("permutations", max_hamming_permutations(permutations, grid * grid, permutation_seed))
+        self.head = ConcatHead(grid * grid, self.feat_dim, head_hidden_dim, permutations)
+
+    def encoder(self) -> nn.Module:
+        """The trunk on images standardised per channel, as its tiles were."""
+        return InputEncoder(Standardise(), self.backbone)
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        x = augmented(batch.images, self.aug, self.image_size, batch.generator)
+        b, device, size = len(x), x.device, self.image_size
+        boxes = for_this_rank(lambda n: sample_grid_tiles(n, size, size, self.grid, self.tile_frac,
+                                                          batch.generator, device), b)
+        index = for_this_rank(lambda n: sample_permutation_index(n, len(self.permutations), batch.generator,
+                                                                 device), b)
+        side = self.tile_size or int(boxes[0, 0, 2])  # every tile has the same side
+        tiles = permute_tiles(normalize_tiles(crop_tiles(x, boxes, side)), self.permutations, index)
+        feats = self.backbone(device_layout(tiles.flatten(0, 1)))
+        return F.cross_entropy(self.head(feats).float(), index)

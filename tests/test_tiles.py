@@ -1,0 +1,268 @@
+"""The jigsaw tile ops against per-image / per-tile references and their samplers' distributions, and the
+maximal-Hamming permutation set against a plain-Python Algorithm 1 (Noroozi & Favaro, ECCV 2016)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.testing import assert_close
+
+from selfsup.data.ops import crop as R
+from selfsup.data.ops import tiles as J
+from selfsup.data.permutations import all_permutations, max_hamming_permutations
+from selfsup.errors import UserError
+
+SHAPES = ((27, 27), (20, 36), (40, 28))  # square, wide and tall inputs
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(seed: int, batch: int, height: int, width: int) -> torch.Tensor:
+    return torch.rand(batch, 3, height, width, generator=_gen(seed))
+
+
+def _cells(height: int, width: int, grid: int) -> tuple[int, int, int]:
+    """Cell side and the corner of the centred grid, as the docstring of sample_grid_tiles defines them."""
+    cell = min(height, width) // grid
+    return cell, (height - grid * cell) // 2, (width - grid * cell) // 2
+
+
+# ------------------------------------------------------------------------------------------------ crop_tiles
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", [16, 7, 3])  # upscaling, about the tile size, downscaling
+@pytest.mark.parametrize("boxes_from", ["grid", "free"])
+def test_crop_tiles_matches_torchvision_per_tile(shape, size, boxes_from):
+    batch, tiles = 3, 9
+    x = _images(size, batch, *shape)
+    if boxes_from == "grid":
+        boxes = J.sample_grid_tiles(batch, *shape, generator=_gen(size))
+    else:  # any boxes, of any aspect ratio, anywhere in the image
+        boxes = R.sample_resized_crop(batch * tiles, *shape, generator=_gen(size)).view(batch, tiles, 4)
+    out = J.crop_tiles(x, boxes, size)
+    expected = torch.stack([torch.stack([TF.resized_crop(img, *[int(v) for v in box], [size, size], antialias=False)
+                                         for box in image_boxes]) for img, image_boxes in zip(x, boxes)])
+    assert out.shape == (batch, tiles, 3, size, size) and out.is_contiguous()
+    assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_crop_tiles_at_tile_size_is_the_slice():
+    x = _images(0, 4, 30, 30)
+    boxes = J.sample_grid_tiles(4, 30, 30, tile_frac=0.7, generator=_gen(0))
+    side = int(boxes[0, 0, 2])
+    expected = torch.stack([torch.stack([img[:, t:t + side, l:l + side] for t, l, _, _ in image_boxes.long()])
+                            for img, image_boxes in zip(x, boxes)])
+    assert_close(J.crop_tiles(x, boxes, side), expected, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- normalize_tiles
+
+
+def _normalize_reference(tiles: torch.Tensor, eps: float) -> torch.Tensor:
+    """Tile by tile and channel by channel in float64: (x - mean) / sqrt(population variance + eps^2)."""
+    flat = tiles.double().reshape(-1, *tiles.shape[-2:])
+    out = torch.empty_like(flat)
+    for i, channel in enumerate(flat):
+        mean = channel.sum() / channel.numel()
+        var = ((channel - mean) ** 2).sum() / channel.numel()
+        out[i] = (channel - mean) / (var + eps**2).sqrt()
+    return out.view(tiles.shape)
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 3, 6, 6), (5, 3, 4, 7)])  # (B, T, C, h, w) and flattened (B*T, C, h, w)
+def test_normalize_tiles_matches_per_tile_loop(shape):
+    tiles = torch.rand(shape, generator=_gen(1)) * torch.rand(shape[:-2] + (1, 1), generator=_gen(2))
+    tiles.view(-1, *shape[-3:])[1] = 0.3  # a constant tile
+    tiles.view(-1, *shape[-3:])[2, 0] = 0.8  # a constant channel in a tile that is not constant
+    out = J.normalize_tiles(tiles)
+    assert torch.isfinite(out).all()
+    assert_close(out.double(), _normalize_reference(tiles, 1e-5), atol=1e-5, rtol=1e-5)
+    assert (out.view(-1, *shape[-3:])[1] == 0).all() and (out.view(-1, *shape[-3:])[2, 0] == 0).all()
+    varied = out.view(-1, *shape[-3:])[3:].double()
+    assert_close(varied.mean((-2, -1)), torch.zeros(varied.shape[:-2], dtype=torch.float64), atol=1e-6, rtol=0)
+    assert_close(varied.std((-2, -1), correction=0), torch.ones(varied.shape[:-2], dtype=torch.float64),
+                 atol=1e-5, rtol=0)
+
+
+def test_normalize_tiles_does_not_amplify_rounding_noise():
+    flat = torch.full((1, 1, 3, 8, 8), 0.5) + torch.randn(1, 1, 3, 8, 8, generator=_gen(0)) * 1e-8
+    assert J.normalize_tiles(flat).abs().max() < 1e-2
+
+
+# --------------------------------------------------------------------------------------------- permute_tiles
+
+
+def test_permute_tiles_matches_loop():
+    batch, tiles = 6, 9
+    x = torch.randn(batch, tiles, 2, 3, 3, generator=_gen(0))
+    perms = max_hamming_permutations(5, tiles)
+    index = torch.tensor([0, 4, 2, 2, 1, 3])
+    expected = torch.stack([torch.stack([x[b, perms[index[b], i]] for i in range(tiles)]) for b in range(batch)])
+    assert torch.equal(J.permute_tiles(x, perms, index), expected)
+    # permuting by the inverse permutation puts every tile back in its cell
+    inverse = perms.argsort(1)
+    assert torch.equal(J.permute_tiles(J.permute_tiles(x, perms, index), inverse, index), x)
+
+
+def test_permuting_boxes_then_cropping_equals_cropping_then_permuting():
+    x = _images(3, 4, 24, 24)
+    boxes = J.sample_grid_tiles(4, 24, 24, generator=_gen(3))
+    perms = all_permutations(9)[torch.randperm(362880, generator=_gen(4))[:10]]
+    index = J.sample_permutation_index(4, 10, generator=_gen(5))
+    assert torch.equal(J.crop_tiles(x, J.permute_tiles(boxes, perms, index), 8),
+                       J.permute_tiles(J.crop_tiles(x, boxes, 8), perms, index))
+
+
+def test_sample_permutation_index_is_uniform_and_seeded():
+    index = J.sample_permutation_index(40_000, 10, generator=_gen(0))
+    assert index.dtype == torch.int64 and index.min() == 0 and index.max() == 9
+    freq = torch.bincount(index, minlength=10).double() / len(index)
+    assert (freq - 0.1).abs().max() < 0.01
+    assert torch.equal(index, J.sample_permutation_index(40_000, 10, generator=_gen(0)))
+
+
+# ----------------------------------------------------------------------------------------- sample_grid_tiles
+
+
+@pytest.mark.parametrize("shape", [(255, 255), (32, 32), (64, 48), (40, 96), (96, 96)])
+@pytest.mark.parametrize("grid", [3, 2])
+def test_sample_grid_tiles_stay_in_their_cells(shape, grid):
+    height, width = shape
+    frac = 64 / 85
+    boxes = J.sample_grid_tiles(500, height, width, grid, frac, generator=_gen(0))
+    cell, top0, left0 = _cells(height, width, grid)
+    side = max(1, round(cell * frac))
+    assert boxes.shape == (500, grid * grid, 4) and boxes.dtype == torch.float32
+    assert torch.equal(boxes, boxes.round())
+    assert (boxes[..., 2:] == side).all()
+    top, left = boxes[..., 0], boxes[..., 1]
+    for t in range(grid * grid):  # row-major cells
+        cell_top, cell_left = top0 + (t // grid) * cell, left0 + (t % grid) * cell
+        assert (top[:, t] >= cell_top).all() and (top[:, t] + side <= cell_top + cell).all()
+        assert (left[:, t] >= cell_left).all() and (left[:, t] + side <= cell_left + cell).all()
+    assert (top >= 0).all() and (left >= 0).all() and (top + side <= height).all() and (left + side <= width).all()
+
+
+def test_sample_grid_tiles_sides_of_the_paper_and_small_images():
+    # 255 px -> 85 px cells -> 64 px tiles (the paper); 32 / 64 / 96 px -> 10 / 21 / 32 px cells
+    for size, expected in ((255, 64), (32, 8), (64, 16), (96, 24)):
+        assert J.sample_grid_tiles(1, size, size, generator=_gen(0))[0, :, 2].eq(expected).all()
+    # tiles that fill their cells tile the centred square: rows 2 + {0, 10, 20}, columns {0, 10, 20}
+    full = J.sample_grid_tiles(2, 35, 30, tile_frac=1.0, generator=_gen(0))
+    cells = torch.tensor([[2 + r * 10, c * 10] for r in range(3) for c in range(3)], dtype=torch.float32)
+    assert torch.equal(full[..., :2], cells.expand(2, -1, -1)) and (full[..., 2:] == 10).all()
+
+
+def test_sample_grid_tiles_offsets_are_uniform_over_the_gap():
+    boxes = J.sample_grid_tiles(2000, 255, 255, generator=_gen(1))
+    cells = torch.tensor([[r * 85, c * 85] for r in range(3) for c in range(3)], dtype=torch.float32)
+    offsets = (boxes[..., :2] - cells).long()  # uniform on {0, ..., 85 - 64} = 22 values, per cell and axis
+    for column in offsets.reshape(-1, 2).unbind(1):
+        assert column.min() == 0 and column.max() == 21
+        assert abs(column.double().mean().item() - 10.5) < 0.1  # standard error ~0.05
+        freq = torch.bincount(column, minlength=22).double() / len(column)
+        assert len(freq) == 22 and (freq - 1 / 22).abs().max() < 0.006
+    # every cell and both axes get the same distribution: the per-cell means agree
+    assert (offsets.double().mean(0) - 10.5).abs().max() < 0.5
+
+
+def test_sample_grid_tiles_is_seeded():
+    a = J.sample_grid_tiles(64, 64, 64, generator=_gen(7))
+    assert torch.equal(a, J.sample_grid_tiles(64, 64, 64, generator=_gen(7)))
+    assert not torch.equal(a, J.sample_grid_tiles(64, 64, 64, generator=_gen(8)))
+
+
+def test_sample_grid_tiles_moves_to_the_requested_device():
+    boxes = J.sample_grid_tiles(4, 32, 32, generator=_gen(0), device="meta")
+    assert boxes.device.type == "meta" and boxes.shape == (4, 9, 4)
+    assert J.sample_permutation_index(4, 10, generator=_gen(0), device="meta").device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tile_ops_on_cuda_with_a_cuda_generator():
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    boxes = J.sample_grid_tiles(8, 64, 64, generator=generator, device="cuda")
+    index = J.sample_permutation_index(8, 100, generator=generator, device="cuda")
+    assert boxes.is_cuda and index.is_cuda
+    x = _images(0, 8, 64, 64).cuda()
+    perms = max_hamming_permutations(100)
+    out = J.normalize_tiles(J.permute_tiles(J.crop_tiles(x, boxes, 16), perms, index))
+    expected = J.normalize_tiles(J.permute_tiles(J.crop_tiles(x.cpu(), boxes.cpu(), 16), perms, index.cpu()))
+    assert out.is_cuda and out.shape == (8, 9, 3, 16, 16)
+    assert_close(out.cpu(), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("args", [(20, 2, 3), (32, 32, 0), (32, 32, 3, 0.0), (32, 32, 3, 1.5)])
+def test_sample_grid_tiles_rejects_bad_input(args):
+    with pytest.raises(UserError):
+        J.sample_grid_tiles(1, *args)
+
+
+# ------------------------------------------------------------------------------------------------ permutations
+
+
+def _algorithm1(n: int, tiles: int, first: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Algorithm 1 of the paper, plainly: move the first choice out of the candidates, then repeatedly move out
+    the candidate with the largest summed Hamming distance to the chosen ones (the first such: argmax)."""
+    remaining = list(itertools.permutations(range(tiles)))
+    chosen = [remaining.pop(remaining.index(first))]
+    while len(chosen) < n:
+        totals = [sum(sum(a != b for a, b in zip(candidate, c)) for c in chosen) for candidate in remaining]
+        chosen.append(remaining.pop(totals.index(max(totals))))
+    return chosen
+
+
+def _pairwise(perms: torch.Tensor) -> torch.Tensor:
+    """Hamming distances between distinct rows, flattened."""
+    d = (perms[:, None, :] != perms[None, :, :]).sum(-1)
+    return d[~torch.eye(len(perms), dtype=torch.bool)].double()
+
+
+def test_all_permutations_is_itertools_order():
+    for tiles in range(1, 7):
+        expected = torch.tensor(list(itertools.permutations(range(tiles)))).view(-1, tiles)
+        assert torch.equal(all_permutations(tiles), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tiles,n", [(5, 10), (4, 12), (6, 8)])
+def test_max_hamming_matches_plain_algorithm1(seed, tiles, n):
+    perms = max_hamming_permutations(n, tiles, seed)
+    assert perms.dtype == torch.int64 and perms.shape == (n, tiles)
+    assert [tuple(p) for p in perms.tolist()] == _algorithm1(n, tiles, tuple(perms[0].tolist()))
+
+
+def test_max_hamming_rows_are_distinct_permutations_and_seeded():
+    perms = max_hamming_permutations(50, 9, seed=0)
+    assert torch.equal(perms.sort(1).values, torch.arange(9).expand(50, 9))
+    assert len(set(map(tuple, perms.tolist()))) == 50
+    assert torch.equal(perms, max_hamming_permutations(50, 9, seed=0))
+    assert not torch.equal(perms, max_hamming_permutations(50, 9, seed=1))
+
+
+def test_max_hamming_with_all_permutations_returns_them_all():
+    perms = max_hamming_permutations(24, 4)
+    assert set(map(tuple, perms.tolist())) == set(itertools.permutations(range(4)))
+
+
+def test_max_hamming_beats_random_sets_and_matches_the_paper():
+    perms = max_hamming_permutations(20, 9, seed=3)
+    g = _gen(0)
+    random_means = [_pairwise(torch.stack([torch.randperm(9, generator=g) for _ in range(20)])).mean()
+                    for _ in range(50)]
+    assert _pairwise(perms).mean() > max(random_means)
+    # Table 4 of the paper: the maximal set of 100 permutations has average distance 8.08 and minimum 2
+    hundred = _pairwise(max_hamming_permutations(100, 9))
+    assert abs(hundred.mean().item() - 8.08) < 0.005 and hundred.min() == 2
+
+
+@pytest.mark.parametrize("n,tiles", [(0, 9), (25, 4), (1, 0), (1, 11)])
+def test_max_hamming_rejects_bad_input(n, tiles):
+    with pytest.raises(UserError):
+        max_hamming_permutations(n, tiles)
