@@ -283,7 +283,7 @@ def _run_methods(args: argparse.Namespace) -> int:
         return 0
     width = max(map(len, METHODS))
     for name, cls in METHODS.items():
-        print(f"{name:<{width}}  {cls.paper}")
+        print(f"{name:<{width}}  {'[needs labels] ' if cls.needs_labels else ''}{cls.paper}")
     print("\nbackbones:")
     for name, text in BACKBONES.items():
         print(f"  {name:<9} {text}")

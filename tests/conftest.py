@@ -1,12 +1,12 @@
-import os
+"""Every test starts with the process's default number of CPU threads (the 2-process tests lower it)."""
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Keep decoded-folder caches out of the user's home."""
-    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def _default_threads():
+    yield
+    torch.set_num_threads(THREADS)

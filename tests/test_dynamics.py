@@ -13,6 +13,7 @@ from selfsup.data.views import augmented_views
 from selfsup.dynamics.bank import bank_update
 from selfsup.dynamics.batchnorm import SplitBatchNorm2d, batch_shuffle, batch_unshuffle
 from selfsup.dynamics.queue import enqueue
+from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, triplet_loss
 from selfsup.methods import Batch
@@ -126,13 +127,15 @@ def test_npid_bank_starts_from_the_initial_features_without_touching_bn_statisti
     m = NPID(build_backbone("small"), 256, 8, num_samples=40)
     images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
     buffers = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "num_batches" in k}
-    m.on_train_start(images, chunk=16)
+    m.on_epoch_start(Epoch(0, images, m, {}, torch.device("cpu"), seed=0))
     assert all(torch.equal(m.state_dict()[k], v) for k, v in buffers.items())
-    for start in (0, 16, 32):  # each chunk embedded with its own batch statistics, like a training batch
-        ref = copy.deepcopy(m)  # a training-mode forward of its own moves running statistics: use a copy
-        with torch.no_grad():
-            rows = F.normalize(ref.head(ref.backbone(eval_view(images[start : start + 16], 8))), dim=1)
-        torch.testing.assert_close(m.bank[start : start + 16], rows)
+    ref = copy.deepcopy(m)  # a training-mode forward of its own moves running statistics: use a copy
+    with torch.no_grad():  # embedded with the batch's statistics, like a training batch (chunks of 512)
+        rows = F.normalize(ref.head(ref.backbone(eval_view(images, 8))), dim=1)
+    torch.testing.assert_close(m.bank, rows)
+    filled = m.bank.clone()
+    m.on_epoch_start(Epoch(1, images, m, {}, torch.device("cpu"), seed=0))  # only before the first epoch
+    assert torch.equal(m.bank, filled)
 
 
 def test_npid_needs_the_dataset_size():

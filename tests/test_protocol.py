@@ -18,6 +18,7 @@ from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
 from selfsup.methods import METHODS, Batch, Method
+from tests.data.make_checkpoint_v1 import Tiny
 from tests.helpers import assert_same_state
 
 DIGITS = load_data("digits")
@@ -109,19 +110,10 @@ def test_bad_optimiser_settings_are_one_line_errors(tmp_path, two_terms, values,
 
 
 def test_a_checkpoint_written_before_several_optimisers_resumes_as_the_run_would_have_gone_on(tmp_path):
-    """tests/data/checkpoint-v1 was written by commit 009ce8b (one optimiser, the ``optimizer`` key): SimCLR with
-    a tiny custom backbone and LARS, stopped at step 5 of 12. Resumed today it must end where a run of today's
-    code ends, bit for bit."""
-
-    class Tiny(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.bn = nn.BatchNorm2d(8)
-
-        def forward(self, x):
-            return self.bn(self.conv(x)).relu().mean((2, 3))
-
+    """tests/data/checkpoint-v1 was written by commit 009ce8b (one optimiser, the ``optimizer`` key; see
+    make_checkpoint_v1.py there): SimCLR with a tiny custom backbone and LARS, stopped at step 5 of 12. Resumed
+    today it must end where a run of today's code ends, bit for bit (both on one thread, as it was written)."""
+    torch.set_num_threads(1)
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "data" / "checkpoint-v1", old)
     assert "optimizer" in load_checkpoint(old) and "optimizers" not in load_checkpoint(old)

@@ -159,7 +159,7 @@ def test_shards_cli_writes_shards_and_names_the_spec(folder, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["shards", "/no/such/folder", "out"], "is not a folder"),
     (["train", "--data", "wds:/no/such/shard-{000..001}.tar", "--steps", "1"], "does not exist"),
-    (["train", "--data", "digits", "--workers", "-1"], "--workers"),
+    (["train", "--data", "digits", "--workers", "-1"], "workers must be a non-negative integer"),
 ])
 def test_bad_stream_inputs_are_one_line_errors(argv, message, capsys):
     assert main(argv) == 2

@@ -112,6 +112,7 @@ def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = Fals
         out = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     validate(cfg)
     check_method_args(get_method(cfg.method), cfg.method_args)
+    optimizer_settings(cfg)  # unknown optimiser names and missing rates, before any data is read
     resolve_device(cfg.device)
     out = Path(out) if out is not None else default_out(cfg)
     if ckpt is None and _holds_run(out) and not overwrite:
@@ -244,7 +245,7 @@ def _write_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
 
 def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
                  device: torch.device) -> tuple[Method, nn.Module, bool]:
-    """The method on its device (channels-last, compiled, global BN as asked), the module the step calls
+    """The method on its device (channels-last, compiled, global BN as asked), the module a one-phase step calls
     (DDP-wrapped under torch.distributed), and whether batch norm stays per rank."""
     world, cls = world_size(), get_method(cfg.method)
     method = build_method(cfg, cfg.image_size, data.num_classes, backbone, len(data.pretrain)).to(device)
@@ -257,8 +258,9 @@ def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     if cfg.compile:
         method.backbone.compile()  # in place: state_dict keys and checkpoints are unchanged
+    # one phase: DDP reduces the gradients during backward; several: the Stepper reduces each phase's own
     model = DDP(method, device_ids=[device.index] if device.type == "cuda" else None,
-                **NO_BUFFER_SYNC) if world > 1 else method
+                **NO_BUFFER_SYNC) if world > 1 and len(method.phases) == 1 else method
     return method, model, local_bn
 
 

@@ -29,8 +29,9 @@ class Jigsaw(Method):
     matched), normalised by its own mean and std per channel. The tiles are shuffled by one of ``permutations``
     permutations, chosen greedily for maximal average Hamming distance (the paper's algorithm 1, from
     ``permutation_seed``; the set is a buffer, saved with the run); the backbone runs once over all B x 9 tiles
-    (at their own size, so they keep the scale of the images it is evaluated on) and a head on the concatenated
-    tile features classifies the permutation.
+    (at their own size, or ``tile_size``), each tile's features go through a shared ``tile_dim`` layer (the
+    paper's fc6), and an MLP on their concatenation (fc7, fc8) classifies the permutation. The evaluated encoder
+    standardises each image per channel, as the tiles were.
     """
 
     name = "jigsaw"
@@ -38,14 +39,14 @@ class Jigsaw(Method):
     augment_defaults = {"crop_scale": (0.6, 1.0), "jitter_p": 0.0, "gray_p": 0.3}
 
     def __init__(self, *args, permutations: int = 100, grid: int = 3, tile_frac: float = 64 / 85,
-                 permutation_seed: int = 0, head_hidden_dim: int = 1024, tile_size: int | None = None,
-                 **kwargs) -> None:
+                 permutation_seed: int = 0, tile_dim: int = 512, head_hidden_dim: int = 1024,
+                 tile_size: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if grid < 2 or self.image_size // grid < 1:
             raise UserError(f"jigsaw: a {grid} x {grid} grid needs grid >= 2 and images of at least {grid} px")
         self.grid, self.tile_frac, self.tile_size = grid, tile_frac, tile_size
         self.register_buffer("permutations", max_hamming_permutations(permutations, grid * grid, permutation_seed))
-        self.head = ConcatHead(grid * grid, self.feat_dim, head_hidden_dim, permutations)
+        self.head = ConcatHead(grid * grid, self.feat_dim, head_hidden_dim, permutations, tile_dim)
 
     def encoder(self) -> nn.Module:
         """The trunk on images standardised per channel, as its tiles were."""
