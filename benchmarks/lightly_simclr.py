@@ -40,7 +40,7 @@ lightly is not a dependency of selfsup: run this from a separate virtualenv that
 editable install of selfsup (``pip install --no-deps -e .``), e.g. from the repository root::
 
     /work/lightly-env/bin/python benchmarks/lightly_simclr.py \\
-        --data ../shared/data/cifar10 --steps 1000 --batch-size 256 --workers 1 \\
+        --data data/cifar10 --steps 1000 --batch-size 256 --workers 1 \\
         --out benchmarks/results/lightly_simclr
 """
 

@@ -19,7 +19,7 @@ lightly is not a dependency of selfsup: run this with the side virtualenv that h
 from the repository root::
 
     /work/lightly-env/bin/python benchmarks/lightly_transform_speed.py \\
-        --data ../shared/data/cifar10 --out benchmarks/results/lightly_transform_speed.json
+        --data data/cifar10 --out benchmarks/results/lightly_transform_speed.json
 """
 
 from __future__ import annotations

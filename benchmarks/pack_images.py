@@ -1,9 +1,14 @@
-"""Pack a folder tree of image files into one file, and unpack it again, byte for byte.
+"""The CIFAR-10 folder the benchmarks read, and moving it between machines as one file.
 
-The GPU machine cannot see ``../shared``; 60,000 small CIFAR-10 JPEGs travel to it as one file of
-their concatenated bytes (about 55 MB) and are unpacked there into the same folder tree::
+The benchmarks read CIFAR-10 as JPEG class folders (``train/<class>/NNNN.jpg``, ``test/<class>/...``). Build that
+folder from torchvision's download (JPEG quality 75, 4:2:0 chroma, as the copy the published CPU numbers used)::
 
-    python benchmarks/pack_images.py pack ../shared/data/cifar10 carry/cifar10.pack
+    python benchmarks/pack_images.py cifar10 data/cifar10
+
+A machine without the folder (a lent GPU) gets the 60,000 JPEGs as one file of their concatenated bytes (about
+55 MB), unpacked there into the same tree::
+
+    python benchmarks/pack_images.py pack data/cifar10 carry/cifar10.pack
     python benchmarks/pack_images.py unpack carry/cifar10.pack /tmp/cifar10
 """
 
@@ -42,6 +47,22 @@ def unpack(src: Path, root: Path) -> int:
     return len(names)
 
 
+def cifar10(root: Path, quality: int = 75) -> int:
+    """Download CIFAR-10 with torchvision and write it as JPEG class folders under ``root``; returns the count."""
+    import torchvision
+    from PIL import Image
+
+    n = 0
+    for split, train in (("train", True), ("test", False)):
+        ds = torchvision.datasets.CIFAR10(str(root / ".download"), train=train, download=True)
+        for i, (image, label) in enumerate(zip(ds.data, ds.targets, strict=True)):
+            folder = root / split / ds.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.jpg", quality=quality, subsampling=2)
+            n += 1
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -51,7 +72,12 @@ def main() -> None:
     b = sub.add_parser("unpack")
     b.add_argument("src", type=Path)
     b.add_argument("root", type=Path)
+    c = sub.add_parser("cifar10", help="download CIFAR-10 (torchvision) and write it as JPEG class folders")
+    c.add_argument("root", type=Path)
     args = p.parse_args()
+    if args.cmd == "cifar10":
+        print(f"wrote {cifar10(args.root)} images under {args.root}")
+        return
     n = pack(args.root, args.dest) if args.cmd == "pack" else unpack(args.src, args.root)
     print(f"{args.cmd}ed {n} files")
 

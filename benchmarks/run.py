@@ -1,6 +1,6 @@
 """Benchmark runner: measured numbers into benchmarks/results/*.json and a Markdown table.
 
-Targets (the protocol of ../shared/docs, written down in benchmarks/results/README.md), one module each:
+Targets (the protocol is written down in benchmarks/results/README.md), one module each:
 
 * ``cpu-simclr`` (cpu.py): SimCLR on CIFAR-10 (JPEG folders), the small convnet, batch 256, 1000 steps, kNN
   (k=200, T=0.1) on test, next to lightly 1.6's SimCLR with the same backbone, data and steps, run
@@ -25,7 +25,7 @@ lightly lives in a side virtualenv (never a selfsup dependency)::
 
 Run from the repository root::
 
-    python benchmarks/run.py cpu-simclr --data ../shared/data/cifar10 --lightly-python /work/lightly-env/bin/python
+    python benchmarks/run.py cpu-simclr --data data/cifar10 --lightly-python /path/to/lightly-env/bin/python
     python benchmarks/run.py table     # rebuild benchmarks/results/README.md from the JSON files
 """
 
@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package, run as a script
 
-from benchmarks import accuracy, cpu, gpu, host, tables
+from benchmarks import accuracy, cpu, faults, gpu, host, readme, tables
 
-DATA = "../shared/data/cifar10"
+DATA = "data/cifar10"  # python benchmarks/pack_images.py cifar10 data/cifar10 builds it
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,6 +103,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--calls", type=int, default=200)
     g.add_argument("--repeats", type=int, default=7)
     g.set_defaults(fn=host.host)
+    g = sub.add_parser("faults", help="kill -9, full and read-only disks, two runs on one folder: what holds")
+    g.add_argument("--kills", type=int, default=12, help="kill trials of each kind (random moment, mid-write)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=faults.faults)
+    sub.add_parser("readme", help="regenerate the README's quick-start output (runs selfsup train)").set_defaults(
+        fn=readme.readme)
     sub.add_parser("table", help="rebuild results/README.md from the JSON files").set_defaults(
         fn=lambda _: tables.write_table())
     return p
@@ -110,8 +116,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    if args.target not in ("table", "gpu-jpeg", "host") and not Path(getattr(args, "data", ".")).exists():
-        raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders")
+    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme")
+    if needs_data and not Path(getattr(args, "data", ".")).exists():
+        raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders: "
+                         f"python benchmarks/pack_images.py cifar10 {args.data} (downloads it), or pass --data")
     args.fn(args)
 
 

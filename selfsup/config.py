@@ -53,7 +53,7 @@ class TrainConfig:
     sync_bn: bool = True  # under DDP: batch norm over the global batch
     compile: bool = False  # torch.compile the backbone (GPU; pays off on long runs)
     stream: bool = False  # decode folder images on demand in DataLoader workers (automatic for large folders)
-    workers: int = 8  # DataLoader worker processes for streamed data
+    workers: int | None = None  # DataLoader workers decoding streamed data (default: the available cores, <= 16)
     method_args: dict[str, Any] = field(default_factory=dict)
     augment: dict[str, Any] = field(default_factory=dict)
 

@@ -180,3 +180,17 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"selfsup: error: unknown method 'nope'; choose one of: {', '.join(METHODS)}"
+
+
+def test_eval_of_several_runs_shows_each_next_to_its_own_random_init_with_its_backbone(tmp_path, capsys):
+    for name, backbone in (("a", "small"), ("b", "nin")):
+        assert main(["train", "--steps", "2", "--image-size", "8", "--backbone", backbone, "--no-eval", "--quiet",
+                     "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path / "a"), "--checkpoint", str(tmp_path / "b"),
+                 "--data", "digits"]) == 0
+    out = capsys.readouterr()
+    rows = [line for line in out.out.splitlines() if "px" in line]
+    assert [r.split()[0] for r in rows] == ["simclr", "random", "simclr", "random"]
+    assert "small, 8 px" in rows[0] and "small, 8 px" in rows[1] and "nin, 8 px" in rows[2] and "nin" in rows[3]
+    assert "knn: simclr (b) (nin, 8 px)" in out.err  # a line per row while it works

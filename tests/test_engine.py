@@ -14,7 +14,7 @@ from selfsup.data import load_data
 from selfsup.dynamics.ema import cosine_tau, ema_update
 from selfsup.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from selfsup.engine.optim import LARS, lr_at
-from selfsup.errors import TrainingDiverged
+from selfsup.errors import TrainingDiverged, UserError
 
 DIGITS = load_data("digits")
 
@@ -81,17 +81,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["state"].values() if v.is_floating_point())
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"step": 1})
+def payload(step, **kw):
+    """The smallest payload load_checkpoint accepts."""
+    return dict(config={}, step=step, state={}, image_size=8, num_classes=0, **kw)
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+
+def test_checkpoint_write_is_atomic_and_a_failed_write_leaves_no_debris(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, payload(1))
+    real_save = torch.save
+
+    def crash(obj, f, *args, **kwargs):  # half a file, then the disk is full
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as h:
+            h.truncate(10)
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"step": 2})
+    with pytest.raises(UserError, match="No space left on device; the previous checkpoint is intact"):
+        save_checkpoint(path, payload(2))
     assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
 
 
 def test_background_checkpoint_writes_what_was_there_at_save(tmp_path, monkeypatch):
@@ -106,7 +116,7 @@ def test_background_checkpoint_writes_what_was_there_at_save(tmp_path, monkeypat
     path, writer = tmp_path / "checkpoint.pt", CheckpointWriter()
     weights = {"w": torch.zeros(3), "bn": {"mean": torch.ones(2)}}
     for step in (1, 2):  # the second save reuses the first one's buffers, after its write is done
-        writer.save(path, {"step": step, "state": weights, "groups": [{"lr": 0.1 * step}]})
+        writer.save(path, {**payload(step), "state": weights, "groups": [{"lr": 0.1 * step}]})
         weights["w"].add_(1.0)
         weights["bn"]["mean"].mul_(3.0)
         writer.wait()
@@ -118,15 +128,15 @@ def test_background_checkpoint_writes_what_was_there_at_save(tmp_path, monkeypat
 
 def test_background_checkpoint_error_reaches_the_training_thread(tmp_path, monkeypatch):
     path, writer = tmp_path / "checkpoint.pt", CheckpointWriter()
-    writer.save(path, {"step": 1, "w": torch.zeros(2)})
+    writer.save(path, payload(1, w=torch.zeros(2)))
     writer.wait()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    writer.save(path, {"step": 2, "w": torch.ones(2)})
-    with pytest.raises(OSError, match="disk full"):
+    writer.save(path, payload(2, w=torch.ones(2)))
+    with pytest.raises(UserError, match="disk full"):
         writer.wait()
     writer.wait()  # reported once
     assert load_checkpoint(path)["step"] == 1

@@ -7,7 +7,7 @@ import torch
 
 from selfsup import evaluate
 from selfsup.backbones import build_backbone
-from selfsup.data import ImageSet
+from selfsup.data import ImageSet, load_data
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.knn import knn_predict
 from selfsup.evaluate.linear import linear_top1
@@ -71,3 +71,18 @@ def test_layers_and_knn_api_on_tiny_split():
     assert list(per_layer) == ["block1", "block2", "block3", "block4"]
     assert all(0.0 <= v <= 1.0 for v in per_layer.values())
     assert evaluate.knn(net, train, test, k=5) > 0.8
+
+
+def test_evaluation_defaults_to_the_size_the_encoder_was_trained_at(tmp_path):
+    """The README's snippet: ``selfsup.evaluate.knn(run.encoder, data.train, data.test)`` on digits (8 px images)
+    evaluates at the 16 px the run trained at, and so agrees with the run's own final score."""
+    import selfsup
+
+    data = load_data("digits")
+    run = selfsup.pretrain("simclr", data="digits", steps=3, batch_size=64, device="cpu", out=tmp_path / "a",
+                           progress=False)
+    assert run.config.image_size == 16 and data.train.images.shape[-1] == 8
+    assert selfsup.evaluate.knn(run.encoder, data.train, data.test) == pytest.approx(run.metrics["knn_top1"])
+    assert selfsup.evaluate.knn(run.encoder, data.train, data.test, image_size=8) != run.metrics["knn_top1"]
+    reloaded, _ = selfsup.method_from_checkpoint(tmp_path / "a")
+    assert selfsup.evaluate.trained_size(reloaded.encoder()) == 16

@@ -171,3 +171,27 @@ def test_a_file_that_is_not_a_tar_is_a_clear_error(tmp_path):
     (tmp_path / "s-0.tar").write_bytes(b"garbage" * 100)
     with pytest.raises(UserError, match="not a readable tar"):
         load_data(f"wds:{tmp_path}/s-0.tar")
+
+
+def test_streamed_and_in_memory_decoding_agree_except_for_large_jpegs_decoded_at_reduced_scale(tmp_path):
+    """What the README promises: the same pixels unless a JPEG is at least twice the size, where streams use
+    JPEG's reduced-scale decoding (a few levels of difference)."""
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data.folder import load_images
+    from selfsup.data.stream import FileImages
+
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (12, 12, 3)), np.ones((10, 10, 1))).astype(np.uint8)  # 120 x 120
+    for name, side in (("small", 50), ("large", 120)):
+        folder = tmp_path / name
+        folder.mkdir()
+        Image.fromarray(smooth[:side, :side]).save(folder / "a.jpg", quality=90)
+        memory = load_images(folder, 32).images[0].int()
+        streamed = FileImages(sorted(folder.glob("*.jpg")), 32)[0].int()
+        difference = (memory - streamed).abs()
+        if name == "small":  # shorter side below 2 x 32: decoded alike
+            assert int(difference.max()) == 0
+        else:
+            assert 0 < float(difference.float().mean()) < 8

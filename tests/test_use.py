@@ -1,35 +1,46 @@
 """Using a trained encoder: embed (files round-trip, rows follow paths), export (torchvision / timm / ONNX give the
-same features without selfsup), retrieve (an image finds itself, then its duplicate), and every bad input."""
+same features without selfsup; the printed preprocessing decodes as selfsup does), shards (the printed command,
+decode workers), faiss search, and every bad input. Retrieval itself: tests/test_retrieval.py."""
 
 import csv
+import os
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
 
 import selfsup
-from selfsup import TrainConfig
+from selfsup import TrainConfig, api
 from selfsup.cli import main
-from selfsup.data.folder import load_images
+from selfsup.data import load_data, stream
+from selfsup.data.folder import DEFAULT_FOLDER_SIZE, load_images
+from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.data.sources import DEFAULT_STREAM_SIZE
+from selfsup.data.stream import decode_square
 from selfsup.engine.build import build_method, method_from_checkpoint
 from selfsup.engine.checkpoint import save_checkpoint
+from selfsup.errors import UserError
 from selfsup.evaluate import neighbours
-from selfsup.use import retrieve
 from tests.helpers import class_folder, write_images
 from tests.test_cli import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run(tmp_path_factory):
     """A tiny real run: SimCLR, small convnet, 3 steps on digits at 8 px."""
-    out = tmp_path_factory.mktemp("use") / "run"
-    selfsup.train(TrainConfig(method="simclr", data="digits", steps=3, batch_size=64, image_size=8), out,
-                  evaluate=False, show_progress=False)
-    return out
+    return selfsup.train(TrainConfig(method="simclr", data="digits", steps=3, batch_size=64, image_size=8),
+                         tmp_path_factory.mktemp("use") / "run", evaluate=False, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def run_dir(run):
+    return run.out
 
 
 def untrained_checkpoint(path, backbone, image_size):
@@ -42,7 +53,8 @@ def untrained_checkpoint(path, backbone, image_size):
             m.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(m.weight, 0.5, 1.5)
             nn.init.uniform_(m.bias, -0.2, 0.2)
-    save_checkpoint(path, dict(config=cfg.to_dict(), image_size=image_size, num_classes=0, state=method.state_dict()))
+    save_checkpoint(path, dict(config=cfg.to_dict(), step=0, image_size=image_size, num_classes=0,
+                               state=method.state_dict()))
     return path
 
 
@@ -53,9 +65,27 @@ def run_ok(capsys, *args):
     return captured
 
 
-def printed_code(stdout):
-    """The loading code `selfsup export` prints (between the first and the second blank line)."""
+def printed_preprocessing(stdout):
+    """The preprocessing `selfsup export` prints (between the first and the second blank line)."""
     return stdout.split("\n\n")[1]
+
+
+def printed_code(stdout):
+    """The loading code `selfsup export` prints (between the third and the fourth blank line)."""
+    return stdout.split("\n\n")[3]
+
+
+def odd_images(folder, sizes=((101, 67), (67, 101), (333, 250), (64, 63), (1001, 37), (50, 80), (130, 81))):
+    """Smooth colour gradients with noise, of awkward sizes: PNGs, one JPEG and one grey PNG at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, paths = np.random.default_rng(0), []
+    for i, (w, h) in enumerate(sizes):
+        x, y = np.linspace(0, 1, w)[None, :, None], np.linspace(0, 1, h)[:, None, None]
+        a = np.clip(255 * (0.5 + 0.5 * np.sin(7 * x + 3 * y + np.arange(3))) + rng.integers(-20, 20, (h, w, 3)), 0, 255)
+        im = Image.fromarray(a.astype(np.uint8))
+        paths.append(folder / f"{w}x{h}.{'jpg' if i == len(sizes) - 2 else 'png'}")
+        (im.convert("L") if i == len(sizes) - 1 else im).save(paths[-1])
+    return paths
 
 
 # --- embed -------------------------------------------------------------------------------------------------------
@@ -133,35 +163,54 @@ def test_onnx_export_runs_in_onnxruntime_with_the_same_outputs(run_dir, tmp_path
     ckpt = run_dir if backbone_name == "small" else untrained_checkpoint(tmp_path / "c.pt", "resnet18", 8)
     out = run_ok(capsys, "export", "--checkpoint", ckpt, "--format", "onnx", "--out", tmp_path / "b.onnx").out
     backbone = method_from_checkpoint(ckpt)[0].backbone.eval()
-    x = torch.randn(5, 3, 8, 8)  # another batch size than the export's: the batch axis is dynamic
-    scope = {"x": x.numpy()}
+    scope = {"paths": odd_images(tmp_path / "images")}  # another batch size than the export's: the axis is dynamic
+    exec(printed_preprocessing(out), scope)  # the lines that make x from image files, as printed
     exec(printed_code(out), scope)
+    x = torch.from_numpy(scope["x"])
+    assert x.shape == (7, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(scope["features"]), backbone(x), atol=1e-4, rtol=1e-4)
 
 
+def test_the_printed_preprocessing_resizes_images_of_any_size_as_selfsup_does(tmp_path, capsys):
+    size = 24
+    ckpt = untrained_checkpoint(tmp_path / "c.pt", "resnet18", size)
+    out = run_ok(capsys, "export", "--checkpoint", ckpt, "--format", "torchvision", "--out", tmp_path / "r.pt").out
+    paths = odd_images(tmp_path / "images")
+    scope = {"paths": paths}
+    exec(printed_preprocessing(out), scope)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    pixels = scope["x"] * std + mean
+    selfsup_decoded = torch.stack([torch.from_numpy(decode_square(p, size, draft=False)) for p in paths]) / 255
+    assert float((pixels - selfsup_decoded).abs().max()) <= 1 / 255
+    # what the note under it says: torchvision's Resize + CenterCrop moves some of these images by a pixel
+    standard = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
+    resized = torch.stack([standard(Image.open(p).convert("RGB")) for p in paths]) / 255
+    assert float((resized - selfsup_decoded).abs().amax(dim=(1, 2, 3)).max()) > 10 / 255
+    assert f"Resize({size}) + CenterCrop({size}) is not the same" in out
+
+
+def test_the_python_export_takes_a_run_a_run_folder_a_checkpoint_or_a_module(run, tmp_path):
+    ckpt = untrained_checkpoint(tmp_path / "c.pt", "resnet18", 8)
+    text = api.export(ckpt, "torchvision", tmp_path / "a.pt")
+    assert text.startswith(f"wrote {tmp_path / 'a.pt'}") and "(B, 3, 8, 8)" in text
+    module = method_from_checkpoint(ckpt)[0].encoder()
+    with pytest.raises(UserError, match="^export\\(\\) of a module needs image_size"):
+        api.export(module, "torchvision", tmp_path / "b.pt")
+    assert "(B, 3, 8, 8)" in api.export(module, "torchvision", tmp_path / "b.pt", image_size=8)
+    first, second = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    for model in (run, run.out):  # the small convnet: no torchvision equivalent, said without CLI flags
+        with pytest.raises(UserError, match="no torchvision equivalent; export it as onnx") as e:
+            api.export(model, "torchvision", tmp_path / "c.pt")
+        assert "--" not in str(e.value)
+    with pytest.raises(UserError, match="unknown export format 'keras'"):
+        api.export(run, "keras", tmp_path / "c.pt")
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install selfsup[export])")
+    assert "(B, 3, 8, 8)" in api.export(run, "onnx", tmp_path / "run.onnx")  # the run's image size
+
+
 # --- retrieve ----------------------------------------------------------------------------------------------------
-
-def test_an_image_finds_itself_first_and_its_duplicate_second(run_dir, tmp_path, capsys):
-    index = tmp_path / "index"
-    files = write_images(index, 12, size=8)
-    shutil.copy(files[3], index / "img003_copy.png")
-    grid = tmp_path / "grid.png"
-    run_ok(capsys, "retrieve", "--checkpoint", run_dir, "--data", index, "--query", files[3], "--k", "3",
-           "--out", grid, "--quiet")
-    assert Image.open(grid).size[0] > 100
-    with open(tmp_path / "grid.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["rank"] for r in rows] == ["1", "2", "3"] and {r["query"] for r in rows} == {str(files[3])}
-    assert [r["neighbour"] for r in rows[:2]] == [str(files[3]), str(index / "img003_copy.png")]
-    sims = [float(r["similarity"]) for r in rows]
-    assert sims[:2] == pytest.approx([1, 1], abs=1e-5) and sims[2] < sims[1]
-
-    nb = retrieve.retrieve(method_from_checkpoint(run_dir)[0].backbone, index, index, k=2)
-    expected = list(range(13))
-    expected[4] = 3  # img003_copy.png ties with img003.png, and ties go to the lower position
-    assert nb.positions[:, 0].tolist() == expected  # every other image is its own nearest neighbour
-
 
 def test_large_indexes_use_faiss_with_the_same_answer(monkeypatch):
     pytest.importorskip("faiss", reason="faiss is optional and not installed")
@@ -182,6 +231,44 @@ def test_every_run_folder_gets_a_retrieval_grid(tmp_path):
     assert Image.open(tmp_path / "run" / "retrieval.png").size[0] > 100
 
 
+# --- shards ------------------------------------------------------------------------------------------------------
+
+def test_the_printed_shards_command_gives_the_image_size_the_folder_would_train_at(tmp_path, capsys):
+    square = class_folder(tmp_path / "square", classes=2, per_class=3, size=12)  # all 12 x 12: folders train at 12
+    command = run_ok(capsys, "shards", square, tmp_path / "s").out.splitlines()[-1].split()
+    assert command[:3] == ["selfsup", "train", "--data"] and command[4:] == ["--image-size", "12"]
+    spec = command[3].strip("'")
+    assert load_data(spec, 12).pretrain.images.shape == load_data(str(square)).pretrain.images.shape == (6, 3, 12, 12)
+    assert load_data(spec).pretrain.images.shape[-1] == DEFAULT_FOLDER_SIZE == DEFAULT_STREAM_SIZE  # one default
+
+    mixed = tmp_path / "mixed"  # mixed sizes: a folder trains at the default, as shards do, so no flag
+    write_images(mixed, 2, size=12)
+    write_images(mixed / "more", 2, size=20)
+    assert run_ok(capsys, "shards", mixed, tmp_path / "s", "--overwrite").out.splitlines()[-1].split()[4:] == []
+    assert load_data(str(mixed)).pretrain.images.shape[-1] == DEFAULT_FOLDER_SIZE
+
+
+def test_decode_workers_default_to_the_cores_available_and_never_exceed_them(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # 3 of the machine's cores
+    assert stream.available_cores() == 3
+    assert [stream.decode_workers(n) for n in (None, 0, 2, 8)] == [3, 0, 2, 3]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun, 2 processes on this machine: they share the cores
+    assert stream.decode_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert stream.decode_workers() == stream.MAX_DEFAULT_WORKERS and stream.decode_workers(40) == 40
+
+
+def test_more_workers_than_cores_start_no_more_than_the_cores(tmp_path, monkeypatch):
+    files = write_images(tmp_path / "f", 4, size=8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # torch's own check reads it too
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(stream.FileImages(files, 8).batches(torch.arange(4), 0, 2, workers=8, pin=False))
+    assert [len(x) for _, x, _ in batches] == [2, 2]
+    assert not [w for w in caught if "worker processes" in str(w.message)]
+
+
 # --- bad input ---------------------------------------------------------------------------------------------------
 
 def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
@@ -193,7 +280,7 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
     retrieve_args = ["retrieve", *ck, "--data", str(flat), "--query", str(flat)]
     for args, fragment in [
         (["export", *ck, "--format", "timm", "--out", str(tmp_path / "b.pt")], "has no timm equivalent"),
-        (["export", *ck, "--format", "torchvision", "--out", str(tmp_path / "b.pt")], "use --format onnx"),
+        (["export", *ck, "--format", "torchvision", "--out", str(tmp_path / "b.pt")], "export it as onnx"),
         (["export", *ck, "--format", "keras", "--out", str(tmp_path / "b.pt")], "invalid choice: 'keras'"),
         (["retrieve", *ck, "--data", str(flat), "--query", str(tmp_path / "empty"), "--out", str(tmp_path / "g.png")],
          "no images found"),

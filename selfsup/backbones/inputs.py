@@ -73,6 +73,11 @@ class InputEncoder(nn.Module):
     def stage_names(self) -> tuple[str, ...]:
         return tuple(getattr(self.backbone, "stage_names", ("output",)))
 
+    @property
+    def image_size(self) -> int | None:
+        """The size the backbone was trained at (evaluation's default)."""
+        return getattr(self.backbone, "image_size", None)
+
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.transform(x)
         return self.backbone.forward_stages(x) if isinstance(self.backbone, Backbone) else [self.backbone(x)]

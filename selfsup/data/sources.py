@@ -15,7 +15,7 @@ import torch
 
 from selfsup.errors import UserError
 
-DEFAULT_STREAM_SIZE = 224  # side streamed images are decoded to when no --image-size is given
+DEFAULT_STREAM_SIZE = 64  # side shards are decoded to when no --image-size is given (folders' default too)
 DATASETS = {
     "digits": "scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); ships offline",
     "cifar10": "CIFAR-10 via torchvision (32x32, 10 classes); --download fetches it",
@@ -147,16 +147,17 @@ def load_data(spec: str, image_size: int | None = None, download: bool = False, 
     """Resolve a data SPEC (``digits``, ``cifar10``, ``cifar100``, ``stl10``, a folder path, or tar shards
     ``wds:/path/shard-{000000..000099}.tar``).
 
-    ``image_size`` is the side folders and shards are decoded to (shorter side resized, centre crop);
-    named datasets keep their native size and are resized on the fly. ``stream``: decode a folder's
-    images on demand in DataLoader workers instead of once into memory (automatic for large folders;
-    shards always stream).
+    ``image_size`` is the side folders and shards are decoded to (shorter side resized, centre crop; by
+    default a folder's own size when its images are all one square size, else :data:`DEFAULT_STREAM_SIZE`,
+    which shards always get); named datasets keep their native size and are resized on the fly. ``stream``:
+    decode a folder's images on demand in DataLoader workers instead of once into memory (automatic for large
+    folders; shards always stream).
     """
     if spec.startswith("wds:"):
         from selfsup.data.stream import ShardImages
 
         shards = ShardImages(spec[4:], image_size or DEFAULT_STREAM_SIZE)
-        return Dataset(spec, pretrain=ImageSet(shards, shards.labels))
+        return Dataset(spec, pretrain=ImageSet(shards, shards.labels), skipped=shards.skipped)
     if spec == "digits":
         return load_digits()
     if spec in DATASETS:

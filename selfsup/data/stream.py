@@ -7,13 +7,20 @@ Two sources, both looking like a uint8 tensor ``(N, 3, S, S)`` to the rest of th
   with Pillow's draft mode); everything else (random resized crops, colour, ...) runs batched on the device.
 * :class:`ShardImages` -- WebDataset-style tar shards, ``wds:/data/shard-{000000..000099}.tar``: each
   sample is an image member (``.jpg``, ``.png``, ...) and an optional ``.cls`` member with its integer
-  label, grouped by the part of the member name before the first dot. Every rank reads its own shards,
+  label, grouped by the part of the member name before the first dot. Members larger than
+  ``$SELFSUP_MAX_MEMBER_MB`` (default 64) are skipped unread and reported; a ``.cls`` that is not a
+  non-negative integer is a one-line error naming the shard and the sample. Every rank reads its own shards,
   and the DataLoader workers of a rank split those again, so no byte is read twice; each worker mixes its
   samples through a seeded shuffle buffer. :func:`write_shards` makes such shards from a folder, in a
   shuffled order (``selfsup shards``).
 
+Every image becomes 8-bit RGB by scaling, never clipping (16-bit values / 257); an image that cannot be read,
+or one with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb), is left blank in its batch
+and reported on one line.
+
 The trainer asks either for the batches of one epoch with :meth:`batches`, which yields
-``(indices, uint8 images, labels or None)`` ready for pinned, non-blocking copies.
+``(indices, uint8 images, labels or None)`` ready for pinned, non-blocking copies, decoded by
+:func:`decode_workers` DataLoader workers (by default the cores available, never more).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import tarfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,32 +42,87 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from selfsup.errors import UserError
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "gif", "tif", "tiff")  # what folders read
 SHUFFLE_BUFFER = 1000  # samples (encoded bytes) each DataLoader worker shuffles a streamed shard through
+MAX_DEFAULT_WORKERS = 16  # decode workers a process starts by default, at most (each holds a prefetch queue)
 
 
-def decode_square(data: bytes | str | Path, size: int) -> np.ndarray | None:
-    """RGB uint8 ``(3, size, size)``: shorter side resized to ``size``, centre crop; None if unreadable.
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, where the OS has one; else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    Large JPEGs are first decoded at the smallest power-of-two reduction still at least ``size`` on the
-    shorter side (libjpeg's DCT scaling), which is several times faster than a full decode.
+
+def decode_workers(asked: int | None = None) -> int:
+    """DataLoader workers that decode streamed images: ``asked`` (0: decode in the main process), or by default
+    the cores available to this process shared among the processes torchrun starts on this machine
+    (``$LOCAL_WORLD_SIZE``), at most :data:`MAX_DEFAULT_WORKERS`; never more than the cores available, since
+    more processes than cores only wait for each other (and torch warns into the progress bar)."""
+    cores = available_cores()
+    if asked is None:
+        asked = min(MAX_DEFAULT_WORKERS, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return min(asked, cores)
+
+
+class UnreadableImage(Exception):
+    """An image that cannot be decoded; the message says why."""
+
+
+def printable(path: str | os.PathLike) -> str:
+    """``path`` safe to print or write as UTF-8: the bytes of a file name that is not UTF-8 (which Python keeps
+    as surrogate escapes) are shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB by scaling, never clipping: 16-bit grey (``I;16``) values / 257; 32-bit integers (``I``, as
+    which Pillow opens 16-bit PGM and TIFF) / 257 too, or by their maximum when it is over 65535; floats (``F``)
+    x 255 when they lie in [0, 1], else as ``I``; negative values become 0. Palette, grey + alpha, CMYK, ... go
+    through Pillow's conversion (alpha dropped); Pillow itself reads 16-bit RGB(A) PNGs as their high byte."""
+    if im.mode.startswith("I") or im.mode == "F":
+        values = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(values.max(initial=0.0))
+        full = max(top, 1.0 if im.mode == "F" and top <= 1 else 65535.0)
+        im = Image.fromarray(np.rint(np.clip(values, 0, None) * (255 / full)).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def decode_square(data: bytes | str | Path, size: int, draft: bool = True) -> np.ndarray:
+    """RGB uint8 ``(3, size, size)``: shorter side resized to ``size``, centre crop (colours by :func:`to_rgb`).
+
+    Raises :class:`UnreadableImage` for a file Pillow cannot read and for one with more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's guard against decompression bombs; raise it to read such images).
+    With ``draft``, large JPEGs are first decoded at the smallest power-of-two reduction still at least ``size``
+    on the shorter side (libjpeg's DCT scaling), which is several times faster than a full decode.
     """
+    limit = Image.MAX_IMAGE_PIXELS
+    too_large = f"more pixels than PIL.Image.MAX_IMAGE_PIXELS ({limit}) allows (a decompression bomb?)"
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             w, h = im.size
-            im.draft("RGB", (max(size, round(size * w / min(w, h))), max(size, round(size * h / min(w, h)))))
-            im = im.convert("RGB")
+            if limit is not None and w * h > limit:
+                raise UnreadableImage(f"{w}x{h}: {too_large}")
+            if draft:
+                im.draft("RGB", (max(size, round(size * w / min(w, h))), max(size, round(size * h / min(w, h)))))
+            im = to_rgb(im)
             w, h = im.size
             scale = size / min(w, h)
             im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
             left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
             return np.ascontiguousarray(np.asarray(im.crop((left, top, left + size, top + size))).transpose(2, 0, 1))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadableImage(too_large) from None
+    except Image.UnidentifiedImageError:
+        raise UnreadableImage("not an image format Pillow knows, or a broken header") from None
+    except Exception as e:  # noqa: BLE001 - whatever a decoder raises on a broken file means "unreadable"
+        raise UnreadableImage(printable(str(e)) or type(e).__name__) from None
 
 
-def _warn_unreadable(name: str) -> None:
-    print(f"warning: unreadable image {name} (left blank in its batch)", file=sys.stderr)
+def _blank(name: str, reason: str, size: int) -> np.ndarray:
+    """The stand-in for an unreadable image in a streamed batch, reported on one line."""
+    print(f"warning: unreadable image {printable(name)} (left blank in its batch): {reason}", file=sys.stderr)
+    return np.zeros((3, size, size), np.uint8)
 
 
 class _Lazy:
@@ -99,16 +162,17 @@ class FileImages(_Lazy, torch.utils.data.Dataset):
         return len(self.paths)
 
     def load(self, i: int) -> np.ndarray:
-        out = decode_square(self.paths[i], self.size)
-        if out is None:
-            _warn_unreadable(self.paths[i])
-            return np.zeros((3, self.size, self.size), np.uint8)
-        return out
+        try:
+            return decode_square(self.paths[i], self.size)
+        except UnreadableImage as e:
+            return _blank(self.paths[i], str(e), self.size)
 
-    def batches(self, order: torch.Tensor, start: int, batch: int, workers: int, pin: bool,
+    def batches(self, order: torch.Tensor, start: int, batch: int, workers: int | None, pin: bool,
                 labels: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """This epoch's batches from position ``start`` on: ``order`` already holds this rank's indices in
-        step order, ``batch`` of them per step. Workers decode; the main process only copies."""
+        step order, ``batch`` of them per step. Workers (:func:`decode_workers`) decode; the main process only
+        copies."""
+        workers = decode_workers(workers)
         chunks = [order[i : i + batch].tolist() for i in range(start * batch, len(order) - batch + 1, batch)]
         loader = DataLoader(self, batch_sampler=chunks, num_workers=workers, pin_memory=pin,
                             prefetch_factor=4 if workers else None, collate_fn=_stack)
@@ -135,46 +199,81 @@ def expand_braces(pattern: str) -> list[str]:
             for p in expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():])]
 
 
-def _samples(path: str) -> Iterator[tuple[str, bytes | None, int | None]]:
-    """(key, image bytes, label) for every sample of one tar shard, in file order."""
-    key, image, label = None, None, None
+def max_member_bytes() -> int:
+    """Tar members larger than this are skipped unread (``$SELFSUP_MAX_MEMBER_MB``, default 64)."""
+    return int(float(os.environ.get("SELFSUP_MAX_MEMBER_MB", 64)) * 2**20)
+
+
+@dataclass
+class _Sample:
+    """One sample of a shard: the members that share a key."""
+
+    key: str
+    image: bytes | None = None  # the image member's bytes, when asked for
+    has_image: bool = False  # an image member no larger than the limit
+    too_large: bool = False  # an image member over the limit, left unread
+    label: int | None = None
+
+
+def _samples(path: str, max_bytes: int, images: bool = True, labels: bool = False) -> Iterator[_Sample]:
+    """Every sample of one tar shard, in file order, read as a stream. A member is read only when asked for
+    (``images``: the image's bytes; ``labels``: the ``.cls`` integer), and never when over ``max_bytes``."""
+    sample = None
     with tarfile.open(path, "r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
             folder, base = os.path.split(member.name)
             stem, _, ext = base.partition(".")
-            k = os.path.join(folder, stem)
-            if k != key:
-                if key is not None:
-                    yield key, image, label
-                key, image, label = k, None, None
-            data = tar.extractfile(member).read()
-            if ext.lower() in IMAGE_SUFFIXES:
-                image = data
-            elif ext.lower() == "cls":
-                label = int(data.decode().strip())
-    if key is not None:
-        yield key, image, label
+            key = os.path.join(folder, stem)
+            if sample is None or key != sample.key:
+                if sample is not None:
+                    yield sample
+                sample = _Sample(key)
+            ext = ext.lower()
+            if ext in IMAGE_SUFFIXES:
+                sample.has_image, sample.too_large = member.size <= max_bytes, member.size > max_bytes
+                sample.image = tar.extractfile(member).read() if images and sample.has_image else None
+            elif ext == "cls" and labels:
+                text = tar.extractfile(member).read(32)
+                sample.label = _label(text + b"..." if member.size > len(text) else text, path, key)
+    if sample is not None:
+        yield sample
+
+
+def _label(text: bytes, shard: str, key: str) -> int:
+    """The integer in a ``.cls`` member; anything else is a user error naming the shard and the sample."""
+    if not re.fullmatch(rb"\s*\d{1,18}\s*", text):
+        raise UserError(f"shard '{printable(shard)}', sample '{printable(key)}': the label member (.cls) must hold "
+                        f"a non-negative integer, not {text[:20]!r}")
+    return int(text)
 
 
 class ShardImages(_Lazy, IterableDataset):
     """Tar shards of images (WebDataset layout), streamed. ``len`` comes from one pass over the headers."""
 
-    def __init__(self, pattern: str, size: int) -> None:
+    def __init__(self, pattern: str, size: int, max_member: int | None = None) -> None:
+        """``max_member``: image members larger than this many bytes are skipped unread, counted in
+        ``skipped`` and reported on one line (default :func:`max_member_bytes`)."""
         self.shards = expand_braces(pattern)
         missing = [s for s in self.shards if not Path(s).is_file()]
         if missing:
-            raise UserError(f"shard '{missing[0]}' does not exist ({len(missing)} of {len(self.shards)} missing)")
+            raise UserError(f"shard '{printable(missing[0])}' does not exist ({len(missing)} of {len(self.shards)} "
+                            "missing)")
         self.size = size
-        self.counts, labels = [], []
+        self.max_member = max_member_bytes() if max_member is None else max_member
+        self.counts, labels, self.skipped = [], [], []
         for s in self.shards:
             try:
-                found = [(k, lab) for k, img, lab in _samples(s) if img is not None]
+                samples = list(_samples(s, self.max_member, images=False, labels=True))
             except tarfile.TarError as e:
-                raise UserError(f"shard '{s}' is not a readable tar file: {e}") from None
-            self.counts.append(len(found))
-            labels += [lab for _, lab in found]
+                raise UserError(f"shard '{printable(s)}' is not a readable tar file: {e}") from None
+            self.counts.append(sum(x.has_image for x in samples))
+            labels += [x.label for x in samples if x.has_image]
+            self.skipped += [f"{x.key} in {s}" for x in samples if x.too_large]
+        if self.skipped:
+            print(f"warning: skipped {len(self.skipped)} image(s) larger than {self.max_member / 2**20:g} MiB "
+                  f"($SELFSUP_MAX_MEMBER_MB), e.g. {printable(self.skipped[0])}", file=sys.stderr)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.labels = torch.tensor(labels, dtype=torch.long) if labels and None not in labels else None
         self._plan: list[int] = []
@@ -186,11 +285,10 @@ class ShardImages(_Lazy, IterableDataset):
     def load(self, i: int) -> np.ndarray:
         """Random access (evaluation): reads the shard that holds sample ``i`` up to it."""
         shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        images = (img for _, img, _ in _samples(self.shards[shard]) if img is not None)
+        samples = (x for x in _samples(self.shards[shard], self.max_member) if x.has_image)
         for _ in range(i - int(self.offsets[shard])):
-            next(images)
-        out = decode_square(next(images), self.size)
-        return out if out is not None else np.zeros((3, self.size, self.size), np.uint8)
+            next(samples)
+        return self._decoded(i, next(samples), self.shards[shard])[1]
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """This worker's shards in turn, through a shuffle buffer of ``SHUFFLE_BUFFER`` encoded samples (seeded
@@ -198,7 +296,7 @@ class ShardImages(_Lazy, IterableDataset):
         info = get_worker_info()
         shards = self._plan[info.id :: info.num_workers] if info else self._plan
         rng = np.random.default_rng([self._seed, info.id if info else 0])
-        buffer: list[tuple[int, str, bytes]] = []
+        buffer: list[tuple[int, _Sample, str]] = []
         for item in self._encoded(shards):
             if len(buffer) < SHUFFLE_BUFFER:
                 buffer.append(item)
@@ -210,31 +308,30 @@ class ShardImages(_Lazy, IterableDataset):
         for item in buffer:
             yield self._decoded(*item)
 
-    def _encoded(self, shards: list[int]) -> Iterator[tuple[int, str, bytes]]:
+    def _encoded(self, shards: list[int]) -> Iterator[tuple[int, _Sample, str]]:
         for s in shards:
             pos = int(self.offsets[s])
-            for key, img, _ in _samples(self.shards[s]):
-                if img is not None:
-                    yield pos, f"{key} in {self.shards[s]}", img
+            for sample in _samples(self.shards[s], self.max_member):
+                if sample.has_image:
+                    yield pos, sample, self.shards[s]
                     pos += 1
 
-    def _decoded(self, pos: int, name: str, img: bytes) -> tuple[int, np.ndarray]:
-        out = decode_square(img, self.size)
-        if out is None:
-            _warn_unreadable(name)
-            out = np.zeros((3, self.size, self.size), np.uint8)
-        return pos, out
+    def _decoded(self, pos: int, sample: _Sample, shard: str) -> tuple[int, np.ndarray]:
+        try:
+            return pos, decode_square(sample.image, self.size)
+        except UnreadableImage as e:
+            return pos, _blank(f"{sample.key} in {shard}", str(e), self.size)
 
-    def batches(self, epoch_seed: int, rank: int, world: int, start: int, batch: int, workers: int,
+    def batches(self, epoch_seed: int, rank: int, world: int, start: int, batch: int, workers: int | None,
                 pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """One epoch: shards shuffled by ``epoch_seed``, dealt to ranks, then to this rank's workers; each
-        worker streams its shards whole (sequential reads) through its shuffle buffer. Batches of ``batch``;
-        the first ``start`` skipped."""
+        """One epoch: shards shuffled by ``epoch_seed``, dealt to ranks, then to this rank's workers
+        (:func:`decode_workers`, at most one per shard); each worker streams its shards whole (sequential
+        reads) through its shuffle buffer. Batches of ``batch``; the first ``start`` skipped."""
         perm = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
         self._plan, self._seed = perm[rank::world], epoch_seed
         if not self._plan:
             raise UserError(f"{len(self.shards)} shard(s) cannot feed {world} processes; write more shards")
-        workers = min(workers, len(self._plan))
+        workers = min(decode_workers(workers), len(self._plan))
         loader = DataLoader(self, batch_size=batch, num_workers=workers, pin_memory=pin, drop_last=True,
                             collate_fn=_collate_indexed, prefetch_factor=4 if workers else None)
         for step, (idx, images) in enumerate(loader):
@@ -247,12 +344,19 @@ def _collate_indexed(items: list[tuple[int, np.ndarray]]) -> tuple[torch.Tensor,
 
 
 def write_shards(paths: Sequence[Path], labels: Sequence[int] | None, out_dir: Path, per_shard: int = 1000,
-                 prefix: str = "shard", seed: int | None = 0) -> list[Path]:
+                 prefix: str = "shard", seed: int | None = 0, overwrite: bool = False) -> list[Path]:
     """Write images (their file bytes, unchanged) into tar shards of ``per_shard`` samples, each with a
     ``.cls`` label member when ``labels`` are given. Returns the shard paths (written atomically).
 
     The samples are shuffled first (by ``seed``; ``None`` keeps the given order): a folder lists its images
-    class by class, and a stream can only mix samples within a few shards at a time."""
+    class by class, and a stream can only mix samples within a few shards at a time. A folder that already
+    holds ``PREFIX-*.tar`` shards is refused (old and new would mix), unless ``overwrite`` removes them first."""
+    old = sorted(out_dir.glob(f"{prefix}-*.tar")) if out_dir.is_dir() else []
+    if old and not overwrite:
+        raise UserError(f"'{printable(out_dir)}' already holds {len(old)} shard(s) ({printable(old[0].name)}, ...); "
+                        "remove them or choose an empty folder")
+    for f in old:
+        f.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     order = (list(range(len(paths))) if seed is None
              else torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,5 +104,17 @@ def method_from_checkpoint(path, backbone: nn.Module | None = None,
         raise UserError("this checkpoint holds a custom backbone; load it from Python with backbone=<module>")
     method = build_method(cfg, ckpt["image_size"], ckpt["num_classes"], backbone, ckpt.get("num_samples", 0))
     if trained:
-        method.load_state_dict(ckpt["state"])
+        load_state(method, ckpt["state"], path)
     return method, ckpt
+
+
+def load_state(module: nn.Module | torch.optim.Optimizer, state: Any, source: str | Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch reported as one line naming the checkpoint."""
+    try:
+        if not isinstance(state, dict):
+            raise TypeError("no state")
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        what = "optimiser state" if isinstance(module, torch.optim.Optimizer) else "weights"
+        raise UserError(f"the checkpoint in '{source}' holds {what} that do not fit the run it describes "
+                        f"({str(e).splitlines()[0][:120]})") from None

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (temp file + rename), recognised by a format tag, loaded back exactly."""
+"""Checkpoints: written atomically (temp file + rename), recognised by a format tag, loaded back exactly, and
+read with torch's safe loader (tensors and plain containers only: a checkpoint never runs code)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,32 @@ VERSION = 1
 FILENAME = "checkpoint.pt"
 
 
+#: what every checkpoint holds (a resumable one also: optimizers or optimizer, baseline, train_seconds)
+REQUIRED = ("config", "step", "state", "image_size", "num_classes")
+TEMP_PREFIX = f".{FILENAME}.tmp"
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` so that a crash at any moment leaves the previous file intact."""
+    """Write ``payload`` to ``path`` so that a crash at any moment leaves the previous file intact. A write that
+    fails (a full disk, a read-only folder) removes its temporary file and raises a UserError; the previous
+    checkpoint is left as it was."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
+        raise UserError(f"cannot write the checkpoint '{path}': {reason}; {kept}") from None
+
+
+def remove_partial_writes(folder: Path) -> None:
+    """Delete temporary checkpoint files that a killed run left behind (call with the run folder locked)."""
+    for tmp in folder.glob(f"{TEMP_PREFIX}*"):
+        tmp.unlink(missing_ok=True)
 
 
 class CheckpointWriter:
@@ -96,14 +116,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one of our checkpoints; anything else is refused with a clear message."""
+    """Load one of our checkpoints with torch's safe loader (``weights_only``: tensors, numbers, strings and
+    containers; no object is constructed, no code runs); anything else is refused with one clear line."""
     p = resolve_checkpoint(path)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise UserError(f"'{p}' is not a selfsup checkpoint (cannot be read: {type(e).__name__})") from None
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unreadable file, or one that asks to run code: the same refusal
+        raise UserError(f"'{p}' is not a selfsup checkpoint (cannot be read safely: {type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"'{p}' is not a selfsup checkpoint")
-    if ckpt.get("version", 0) > VERSION:
-        raise UserError(f"'{p}' was written by a newer selfsup (format version {ckpt['version']})")
+    if not isinstance(ckpt.get("version"), int) or ckpt["version"] > VERSION:
+        raise UserError(f"'{p}' was written by a newer selfsup (format version {ckpt.get('version')})")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["state"], dict):
+        raise UserError(f"'{p}' is a damaged selfsup checkpoint (missing or malformed: "
+                        f"{', '.join(missing) or 'config or state'})")
     return ckpt

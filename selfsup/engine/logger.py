@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -16,14 +18,35 @@ from selfsup.distributed import all_reduce_mean
 FIRST, LAST = ["step", "epoch", "loss"], ["samples_per_second", "elapsed_seconds", "knn_top1"]
 
 
+class RunLog:
+    """What a run says while it works: one line per phase (the random-init probe, the final evaluation, the
+    pictures), the kNN monitor and the results, on stderr (when progress is shown) and in ``train.log`` in the
+    run folder (rank 0), so that no phase longer than a few seconds is silent."""
+
+    def __init__(self, out: Path, show: bool, main: bool) -> None:
+        self.path, self.show, self.main = out / "train.log", show, main
+
+    def say(self, message: str, echo: bool = True) -> None:
+        """``message`` into train.log, and on stderr too when progress is shown and ``echo``."""
+        if not self.main:
+            return
+        if self.show and echo:
+            tqdm.write(message, file=sys.stderr)
+        try:
+            with open(self.path, "a") as f:
+                f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S}  {message}\n")
+        except OSError:
+            pass  # the log is a convenience: a full disk is reported where it matters (the checkpoint)
+
+
 class StepLogger:
     """Accumulates a step's named scalars (the total ``loss`` and any loss terms) on the device and writes a
     row every ``log_every`` steps: the window's means, synchronised with the host (and averaged over ranks)
     once per window."""
 
-    def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool,
+    def __init__(self, out: Path, start: int, total: int, cfg: TrainConfig, show_progress: bool, log: RunLog,
                  train_seconds: float = 0.0, main: bool = True) -> None:
-        self.main, self.path = main, out / "metrics.csv"
+        self.main, self.path, self.log = main, out / "metrics.csv", log
         self.fields = _trim_csv(self.path, start) if main else None
         if main:
             from torch.utils.tensorboard import SummaryWriter
@@ -73,7 +96,7 @@ class StepLogger:
             if k not in ("step", "epoch", "samples_per_second", "elapsed_seconds") and v != "":
                 self.writer.add_scalar(k, v, step)
         if knn_top1 is not None:
-            self.bar.write(f"step {step}: kNN top-1 {knn_top1 * 100:.1f}%")
+            self.log.say(f"step {step}: kNN top-1 {knn_top1 * 100:.1f}%")
         terms = {k: f"{v:.3g}" for k, v in values.items() if k != "loss"}  # loss terms, phase by phase
         self.bar.set_postfix(loss=f"{self.last_loss:.4f}", **terms, samples_s=f"{row['samples_per_second']:.0f}")
         self.bar.update(self.window_steps)
@@ -107,3 +130,21 @@ def _trim_csv(path: Path, step: int) -> list[str] | None:
         w.writeheader()
         w.writerows(rows)
     return fields
+
+
+def summarise_tensorboard(out: Path, cfg: TrainConfig, metrics: dict, pictures: tuple[str, ...]) -> None:
+    """The run's final scores as scalars and as TensorBoard hparams (with its config), and its pictures."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    scores = {k: v for k, v in metrics.items() if k.endswith("top1") and isinstance(v, float)}
+    hparams = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
+    with SummaryWriter(str(out / "tb")) as writer:
+        for k, v in scores.items():
+            writer.add_scalar(f"final/{k}", v, metrics.get("steps", 0))
+        if scores:
+            writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in scores.items()}, run_name=".")
+        for name in pictures:
+            if (out / name).exists():
+                writer.add_image(name, np.asarray(Image.open(out / name).convert("RGB")), dataformats="HWC")

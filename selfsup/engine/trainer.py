@@ -10,39 +10,27 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
-import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.profiler import record_function
 
 from selfsup.config import TrainConfig, config_from_dict, validate
 from selfsup.data.sources import Dataset, load_data
-from selfsup.distributed import (
-    all_reduce_mean,
-    average_bn_statistics,
-    barrier,
-    convert_sync_batchnorm,
-    init_from_env,
-    is_main_process,
-    world_size,
-)
-from selfsup.engine.batches import batches as step_batches
-from selfsup.engine.build import build_method, check_method_args, optimizer_settings, resolve_config
-from selfsup.engine.checkpoint import FILENAME, CheckpointWriter, load_checkpoint
-from selfsup.engine.epoch import Epoch
-from selfsup.engine.logger import StepLogger
+from selfsup.distributed import broadcast_object, convert_sync_batchnorm, init_from_env, is_main_process, world_size
+from selfsup.engine.build import build_method, check_method_args, load_state, optimizer_settings, resolve_config
+from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.engine.logger import RunLog, StepLogger, summarise_tensorboard
+from selfsup.engine.loop import Loop
 from selfsup.engine.optim import build_optimizer
-from selfsup.engine.step import Stepper, autocast
-from selfsup.errors import TrainingDiverged, UserError
-from selfsup.evaluate import extract_features, knn, probe, scores
+from selfsup.engine.runfolder import RunLock, default_out, holds_run, prepare_folder
+from selfsup.engine.step import Stepper
+from selfsup.errors import UserError
+from selfsup.evaluate import extract_features, probe, scores
 from selfsup.evaluate.neighbours import plot_retrieval
 from selfsup.evaluate.report import format_table, plot_embedding, plot_loss
 from selfsup.methods import Method, get_method
@@ -51,7 +39,6 @@ from selfsup.methods import Method, get_method
 # averaged at every epoch end (BN statistics of per-rank batch norm: average_bn_statistics)
 NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
                   else {"broadcast_buffers": False})
-RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
 
 
 @dataclass
@@ -82,15 +69,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_out(cfg: TrainConfig) -> Path:
-    name = Path(cfg.data.rstrip("/")).name or "data"
-    return Path("runs") / f"{cfg.method}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _holds_run(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
-
-
 def _schedule(cfg: TrainConfig, n_images: int) -> tuple[int, int]:
     """(steps per epoch, total steps). Default budget: 100 epochs."""
     if cfg.batch_size > n_images:
@@ -115,8 +93,9 @@ def prepare_run(cfg: TrainConfig, out: str | Path | None, overwrite: bool = Fals
     optimizer_settings(cfg)  # unknown optimiser names and missing rates, before any data is read
     resolve_device(cfg.device)
     out = Path(out) if out is not None else default_out(cfg)
-    if ckpt is None and _holds_run(out) and not overwrite:
-        raise UserError(f"output folder '{out}' holds another run; pass --overwrite or choose another --out")
+    if ckpt is None and holds_run(out) and not overwrite:
+        raise UserError(f"output folder '{out}' holds another run; pass --overwrite (overwrite=True in Python) or "
+                        "choose another --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"output path '{out}' is a file, not a folder")
     return cfg, out, ckpt
@@ -138,6 +117,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     world, main = world_size(), is_main_process()
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the {world} processes")
+    if cfg.batch_size // world < 2:
+        raise UserError(f"--batch-size {cfg.batch_size} gives each of the {world} processes fewer than 2 images; batch "
+                        "norm and the losses compare the images of a batch (SimCLR's negatives are the others)")
     data = data or load_data(cfg.data, cfg.image_size, cfg.download, cfg.stream)
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
@@ -153,94 +135,54 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                   for name, s in settings.items()}
     stepper = Stepper(method, model, optimizers, settings, params, total, per_epoch, device)
 
-    barrier()  # only now, after every check on every rank, is anything written (by rank 0 alone)
-    if main:
-        _write_run_folder(out, cfg, clear=ckpt is None and overwrite)
-    start, baseline, weights = 0, {}, None
-    if ckpt is not None:
-        method.load_state_dict(ckpt["state"])
-        states = ckpt.get("optimizers") or {next(iter(optimizers)): ckpt["optimizer"]}  # before several optimisers
-        for name, opt in optimizers.items():
-            opt.load_state_dict(states[name])
-        start, baseline, weights = ckpt["step"], ckpt["baseline"], ckpt.get("sampling_weights")
-    elif evaluate and data.evaluable:  # the lower bound: this very encoder before any training
-        initial = probe(method.encoder(), data.train, data.test, image_size=cfg.image_size, device=device)
-        baseline = {f"random_init_{k}": v for k, v in initial.items()}
-    streamed = data.pretrain.streamed  # in memory, the images and labels move to the GPU once, as uint8
-    images = data.pretrain.images.to(device) if device.type == "cuda" and not streamed else data.pretrain.images
-    labels = data.pretrain.labels.to(device) if data.pretrain.labels is not None and not streamed else None
-    ckpt_path = out / FILENAME
-    logger = StepLogger(out, start, total, cfg, show_progress and main, ckpt["train_seconds"] if ckpt else 0.0, main)
-    writer = CheckpointWriter()  # written in the background: the next steps run while the file is written
-
-    def epoch_start(epoch: int) -> torch.Tensor | None:
-        nonlocal weights
-        ctx = Epoch(epoch, images, method, optimizers, device, cfg.seed)
-        with autocast(device), record_function("on_epoch_start"):
-            method.on_epoch_start(ctx)
-        weights = ctx.weights
-        return weights
-
-    def checkpoint(step: int, finished: bool) -> None:
-        if not main:
-            return
-        writer.save(ckpt_path, dict(
-            config=cfg.to_dict(), step=step, epoch=step // per_epoch, finished=finished,
-            state=method.state_dict(), optimizers={n: o.state_dict() for n, o in optimizers.items()},
-            sampling_weights=weights, baseline=baseline, train_seconds=logger.train_seconds,
-            image_size=cfg.image_size, num_classes=data.num_classes, num_samples=len(data.pretrain)))
-
-    method.train()
-    last = total if stop_at is None else min(total, stop_at)
-    # no checkpoint thread may run while a stream forks its DataLoader workers
-    source = step_batches(data.pretrain, images, labels, cfg, start, total, per_epoch, device, writer.wait,
-                          epoch_start, weights)
+    lock = _lock(out, main)  # only now, after every check on every rank, is anything written (by rank 0 alone)
     try:
-        for step, batch in enumerate(source, start):
-            epoch, pos = divmod(step, per_epoch)
-            rates = stepper.set_rates(step)
-            values = stepper.run(batch)
-            with record_function("after_step"):
-                method.after_step((step + 1) / total)
-            epoch_end = pos == per_epoch - 1 or step + 1 == last
-            if epoch_end and local_bn:  # before the kNN monitor and the checkpoint: every rank, one model
-                average_bn_statistics(method)
-            if logger.add(values, flush=epoch_end):
-                monitor = cfg.knn_every and epoch_end and (epoch + 1) % cfg.knn_every == 0 and data.evaluable
-                score = knn(method.encoder(), data.train, data.test, image_size=cfg.image_size, device=device) \
-                    if monitor else None
-                logger.write(step + 1, epoch, rates, score)
-                if not math.isfinite(logger.last_loss):
-                    logger.close()
-                    writer.wait()
-                    kept = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written"
-                    raise TrainingDiverged(f"loss became {logger.last_loss} by step {step + 1}; stopped ({kept})")
-                if time_limit is not None and step + 1 < last and _out_of_time(started, time_limit, device):
-                    last = step + 1
-                    if not epoch_end and local_bn:
-                        average_bn_statistics(method)
-                    epoch_end = True
-            if epoch_end:
-                checkpoint(step + 1, finished=step + 1 == total)
-            if step + 1 == last:
-                break
+        if main:
+            prepare_folder(out, cfg, clear=ckpt is None and overwrite, pictures=cls.pictures)
+        log = RunLog(out, show_progress, main)
+        log.say(f"{'resuming' if ckpt else 'training'} {cfg.method} ({cfg.backbone}, {cfg.image_size} px) on "
+                f"{cfg.data}: {total} steps of {cfg.batch_size} images ({total / per_epoch:.3g} epochs of "
+                f"{len(data.pretrain)}) on {device}, {world} process{'es' * (world > 1)}; run folder {out}")
+        start, baseline, weights = 0, {}, None
+        if ckpt is not None:
+            load_state(method, ckpt["state"], out)
+            states = ckpt.get("optimizers") or {next(iter(optimizers)): ckpt.get("optimizer")}  # one optimiser
+            for name, opt in optimizers.items():
+                load_state(opt, states.get(name), out)
+            start, baseline, weights = ckpt["step"], ckpt.get("baseline", {}), ckpt.get("sampling_weights")
+        elif evaluate and data.evaluable:  # the lower bound: this very encoder before any training
+            log.say(f"random init: kNN and linear probe on {len(data.train)} + {len(data.test)} images ...")
+            initial = probe(method.encoder(), data.train, data.test, image_size=cfg.image_size, device=device)
+            baseline = {f"random_init_{k}": v for k, v in initial.items()}
+            log.say(f"random init: kNN {initial['knn_top1'] * 100:.1f}%, linear {initial['linear_top1'] * 100:.1f}%")
+        logger = StepLogger(out, start, total, cfg, show_progress and main, log,
+                            ckpt.get("train_seconds", 0.0) if ckpt else 0.0, main)
+        loop = Loop(cfg, out, method, stepper, optimizers, data, device, per_epoch, total, start, logger, local_bn,
+                    main, baseline, weights)
+        last = loop.run(total if stop_at is None else min(total, stop_at), started, time_limit)
+        if last < total:  # stopped early on request: resumable, not evaluated
+            return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
+        run = _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main, log)
+        loop.checkpoint(total, finished=True)  # only now: a run killed during its evaluation can be resumed
+        loop.writer.wait()
+        return run
     finally:
-        source.close()
-        writer.wait()
-    logger.close()
-    if last < total:  # stopped early on request: resumable, not evaluated
-        return Run(out, cfg, method, data, dict(steps=last, total_steps=total, stopped=True))
-    return _finish(cfg, out, method, data, device, logger.train_seconds, baseline, evaluate, per_epoch, main)
+        lock.release()
 
 
-def _write_run_folder(out: Path, cfg: TrainConfig, clear: bool) -> None:
-    """Create ``out`` (removing an earlier run's files first if ``clear``) and write the resolved config."""
-    if clear and out.exists():
-        for f in RUN_FILES + ("tb", "loss.png", "embedding.png", "retrieval.png", *get_method(cfg.method).pictures):
-            p = out / f
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+def _lock(out: Path, main: bool) -> RunLock:
+    """Rank 0 locks the run folder; every rank learns whether it could (a refusal is every rank's UserError)."""
+    lock = RunLock(out)
+    refusal = None
+    if main:
+        try:
+            lock.acquire()
+        except UserError as e:
+            refusal = str(e)
+    refusal = broadcast_object(refusal)
+    if refusal:
+        raise UserError(refusal)
+    return lock
 
 
 def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
@@ -264,15 +206,10 @@ def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
     return method, model, local_bn
 
 
-def _out_of_time(started: float, minutes: float, device: torch.device) -> bool:
-    """Whether any process has used up ``minutes`` since ``started`` (all processes agree)."""
-    late = torch.tensor(float(time.monotonic() - started > 60 * minutes), device=device)
-    return bool(all_reduce_mean(late) > 0)
-
-
 def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: torch.device, train_seconds: float,
-            baseline: dict, evaluate: bool, per_epoch: int, main: bool) -> Run:
-    """Final evaluation (every rank joins the feature extraction), plots and metrics.json (rank 0)."""
+            baseline: dict, evaluate: bool, per_epoch: int, main: bool, log: RunLog) -> Run:
+    """Final evaluation (every rank joins the feature extraction), plots, metrics.json and the TensorBoard
+    summary (rank 0)."""
     total = cfg.steps or per_epoch * cfg.epochs
     metrics: dict[str, Any] = dict(method=cfg.method, backbone=cfg.backbone, data=cfg.data, steps=total,
                                    epochs=round(total / per_epoch, 2), batch_size=cfg.batch_size,
@@ -280,12 +217,14 @@ def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: 
                                    samples_per_second=round(total * cfg.batch_size / train_seconds, 1),
                                    device=str(device), processes=world_size(), **baseline)
     if evaluate and data.evaluable:  # every rank embeds its share; all get the same numbers
+        log.say(f"final evaluation: kNN and linear probe on {len(data.train)} + {len(data.test)} images ...")
         train_feats, test_feats = (extract_features(method.encoder(), s.images, cfg.image_size, device=device)
                                    for s in (data.train, data.test))
         metrics.update(scores(train_feats, data.train.labels, test_feats, data.test.labels))
     if not main:
         return Run(out, cfg, method, data, metrics)
     if evaluate and data.evaluable:
+        log.say("pictures: t-SNE map of the test set and nearest neighbours ...")
         plot_embedding(test_feats, data.test.labels, out / "embedding.png", data.test.classes,
                        title=f"{cfg.method} {cfg.backbone}: test embeddings (t-SNE)")
         plot_retrieval(data.train, train_feats, data.test, test_feats, out / "retrieval.png",
@@ -293,6 +232,9 @@ def _finish(cfg: TrainConfig, out: Path, method: Method, data: Dataset, device: 
     metrics.update(method.report(out, data))
     plot_loss(out / "metrics.csv", out / "loss.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    summarise_tensorboard(out, cfg, metrics, ("loss.png", "embedding.png", "retrieval.png", *method.pictures))
+    if "knn_top1" in metrics:
+        log.say("\n" + results_table(metrics), echo=False)  # the caller prints it
     return Run(out, cfg, method, data, metrics)
 
 

@@ -1,28 +1,41 @@
 """The evaluation protocol: kNN, linear probe and per-layer probes on frozen features.
 
 Every function takes any backbone ``nn.Module`` and two labeled :class:`~selfsup.data.ImageSet`
-splits, e.g. ``selfsup.evaluate.knn(run.backbone, data.train, data.test)``.
+splits, e.g. ``selfsup.evaluate.knn(run.encoder, data.train, data.test)``; images are resized to the size the
+encoder was trained at (or ``image_size``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from selfsup.backbones import stage_names
 from selfsup.data.sources import ImageSet
-from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.features import MAX_STAGE_DIM, extract_features
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_top1
 
-__all__ = ["extract_features", "knn", "knn_top1", "layers", "linear", "linear_top1", "probe", "scores"]
+__all__ = ["extract_features", "knn", "knn_top1", "layers", "linear", "linear_top1", "probe", "scores",
+           "trained_size"]
+
+
+def trained_size(encoder: nn.Module) -> int | None:
+    """The image size a selfsup-trained encoder was trained at (``run.encoder``, ``run.backbone``, a loaded
+    checkpoint's); None for a module selfsup did not train."""
+    size = getattr(encoder, "image_size", None)
+    return size if isinstance(size, int) else None
 
 
 def _features(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None,
-              device: str | torch.device | None, stages: bool = False):
-    """Frozen features of both splits at ``image_size`` (default: the images' own size)."""
-    size = image_size or int(train.images.shape[-1])
-    return tuple(extract_features(backbone, s.images, size, device=device, stages=stages) for s in (train, test))
+              device: str | torch.device | None, stages: bool = False, max_dim: int = MAX_STAGE_DIM):
+    """Frozen features of both splits at ``image_size`` (default: the size the encoder was trained at, else the
+    images' own)."""
+    size = image_size or trained_size(backbone) or int(train.images.shape[-1])
+    return tuple(extract_features(backbone, s.images, size, device=device, stages=stages, max_dim=max_dim)
+                 for s in (train, test))
 
 
 def probe(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
@@ -54,8 +67,15 @@ def linear(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: 
 
 
 def layers(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
-           device: str | torch.device | None = None) -> dict[str, float]:
-    """Linear-probe top-1 on every stage's output, each pooled to a fixed size (the seeds' per-layer table)."""
-    ftr, fte = _features(backbone, train, test, image_size, device, stages=True)
-    return {name: linear_top1(a, train.labels, b, test.labels)
-            for name, a, b in zip(stage_names(backbone), ftr, fte)}
+           device: str | torch.device | None = None, max_dim: int = MAX_STAGE_DIM,
+           progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Linear-probe top-1 on every stage's output (the seeds' per-layer table), each map average-pooled to s x s
+    with ``C * s * s <= max_dim`` values (as the papers pool conv layers for their per-layer probes; 2048 by
+    default keeps a CPU probe of every stage to minutes). ``progress`` gets a line per stage."""
+    ftr, fte = _features(backbone, train, test, image_size, device, stages=True, max_dim=max_dim)
+    out = {}
+    for name, a, b in zip(stage_names(backbone), ftr, fte):
+        if progress:
+            progress(f"linear probe on {name} ({a.shape[1]} features)")
+        out[name] = linear_top1(a, train.labels, b, test.labels)
+    return out

@@ -58,13 +58,17 @@ def plot_embedding(features: torch.Tensor, labels: torch.Tensor, out: Path, clas
     feats = torch.nn.functional.normalize(features[idx].float(), dim=1).numpy()
     xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, len(idx) / 4), random_state=0).fit_transform(feats)
     lab = labels[idx].numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=lab, cmap="tab10" if lab.max() < 10 else "tab20", s=6)
     n = int(lab.max()) + 1
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    # up to 20 classes: distinct colours and a legend; more: a continuous map (no colour repeats) and no legend
+    cmap = "tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=lab, cmap=cmap, vmin=0, vmax=max(n - 1, 1), s=6)
     if n <= 20:
         names = classes if classes and len(classes) >= n else [str(i) for i in range(n)]
         handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(i)), label=names[i]) for i in range(n)]
         ax.legend(handles=handles, fontsize=7, loc="best", markerscale=0.8)
+    else:
+        title += f"\n{n} classes, coloured along one colour map (too many for a legend)"
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)

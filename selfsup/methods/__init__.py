@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from selfsup.errors import UserError
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Batch, Method
@@ -30,4 +32,6 @@ def get_method(name: str) -> type[Method]:
     try:
         return METHODS[name]
     except KeyError:
-        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}") from None
+        close = difflib.get_close_matches(str(name), METHODS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown method '{name}'; {hint}choose one of: {', '.join(METHODS)}") from None

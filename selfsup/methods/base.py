@@ -97,6 +97,7 @@ class Method(nn.Module):
                  num_classes: int = 0, num_samples: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
+        backbone.image_size = image_size  # the size it is trained at: evaluation's default (selfsup.evaluate)
         self.feat_dim = feat_dim
         self.image_size = image_size
         self.aug = aug or AugmentConfig(**self.augment_defaults)

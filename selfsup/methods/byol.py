@@ -14,6 +14,11 @@ from selfsup.methods.base import Batch, Method
 
 
 class BYOL(Method):
+    """An online network (backbone, projector, predictor) regresses the projection that a target network (an EMA
+    of backbone and projector, tau from ``tau_base`` to 1 by a cosine schedule) gives the other view; the loss
+    2 - 2 cos is symmetrised over the two views. No negatives: the predictor and the slowly moving target keep it
+    from collapsing. LARS as in the paper (lr 0.2 x batch/256, weight decay 1.5e-6)."""
+
     name = "byol"
     paper = "Grill et al., Bootstrap Your Own Latent, NeurIPS 2020"
     # the paper's optimiser: LARS, lr 0.2 x batch/256, weight decay 1.5e-6 (plain SGD left digits' kNN below random)

@@ -13,6 +13,10 @@ from selfsup.methods.base import Batch, Method
 
 
 class RotNet(Method):
+    """Every image of the batch in all four rotations (0, 90, 180, 270 degrees), the backbone and a classifier
+    predict which; light augmentation (crops and flips) as in the paper. The rotation task is only solvable by
+    recognising objects and their canonical orientation."""
+
     name = "rotnet"
     paper = "Gidaris, Singh, Komodakis, Unsupervised Representation Learning by Predicting Image Rotations, ICLR 2018"
     # the paper trains on the rotated images with only light augmentation (crops and flips)

@@ -11,7 +11,11 @@ from selfsup.methods.base import Batch, Method
 
 
 class SimCLR(Method):
-    """``proj_last_bn`` ends the projector with a BatchNorm, as SimCLR v2 and lightly's SimCLR head do."""
+    """Two augmented views of every image (random resized crop, flip, colour jitter, grayscale; blur at >= 64 px
+    in the recipes) go through the backbone and a 2-layer MLP projector; NT-Xent makes each view pick its partner
+    out of the 2N - 2 other views of the batch (gathered across processes), at temperature ``temperature`` (0.5,
+    the paper's CIFAR value; 0.1 for ImageNet). Evaluation uses the backbone, before the projector.
+    ``proj_last_bn`` ends the projector with a BatchNorm, as SimCLR v2 and lightly's SimCLR head do."""
 
     name = "simclr"
     paper = "Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, ICML 2020"

@@ -11,6 +11,9 @@ from selfsup.methods.base import Batch, Method
 
 
 class Supervised(Method):
+    """The upper bound of every table: the same backbone trained on the labels with cross-entropy (one augmented
+    view, a linear classifier), for the same budget as the self-supervised run."""
+
     name = "supervised"
     paper = "supervised baseline (cross-entropy on the labels, same backbone and budget)"
     needs_labels = True

@@ -31,7 +31,7 @@ def state_dict_for(backbone: nn.Module, fmt: str = "torchvision") -> dict[str, t
     if not (isinstance(backbone, ResNet) or (fmt == "timm" and isinstance(backbone, TimmBackbone))):
         what = "encoder (its input is transformed first)" if isinstance(backbone, InputEncoder) else \
             f"{type(backbone).__name__} backbone"
-        raise UserError(f"the {what} has no {fmt} equivalent; use --format onnx (it works for every encoder)")
+        raise UserError(f"the {what} has no {fmt} equivalent; export it as onnx (that works for every encoder)")
     return {k.removeprefix("net."): v.detach().cpu() for k, v in backbone.state_dict().items()}
 
 
@@ -65,8 +65,29 @@ def export_onnx(backbone: nn.Module, out: str | Path, image_size: int) -> None:
     onnx.checker.check_model(str(out))
 
 
+def preprocessing_code(image_size: int, numpy: bool = False) -> str:
+    """Python that turns image files into the input ``x`` an exported encoder expects, as selfsup decodes a
+    folder (:func:`selfsup.data.stream.decode_square` without JPEG draft mode): 8-bit RGB, shorter side resized
+    to ``image_size`` by Pillow's bilinear filter (antialiased: it widens with the scale when shrinking), the
+    longer side to the nearest pixel, then the centre crop with its offset rounded down; scaled to [0, 1] and
+    normalised with the ImageNet mean and std. No blank lines (it prints as one block)."""
+    s = image_size
+    return ("import torch\nfrom PIL import Image\nfrom torchvision import transforms\n"
+            f"def square(im, size={s}):  # as selfsup decodes: shorter side to size, then the centre crop\n"
+            '    im = im.convert("RGB")\n'
+            "    scale = size / min(im.size)\n"
+            "    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), "
+            "Image.BILINEAR)\n"
+            "    left, top = (im.width - size) // 2, (im.height - size) // 2\n"
+            "    return im.crop((left, top, left + size, top + size))\n"
+            "preprocess = transforms.Compose([transforms.Lambda(square), transforms.ToTensor(),\n"
+            f"                                 transforms.Normalize({list(IMAGENET_MEAN)}, {list(IMAGENET_STD)})])\n"
+            f"x = torch.stack([preprocess(Image.open(p)) for p in paths]){'.numpy()' if numpy else ''}\n")
+
+
 def export(backbone: nn.Module, fmt: str, out: str | Path, image_size: int) -> str:
-    """Write ``backbone`` to ``out`` as ``fmt`` (torchvision | timm | onnx); returns how to load and feed it."""
+    """Write ``backbone`` to ``out`` as ``fmt`` (torchvision | timm | onnx); returns how to feed and load it:
+    the preprocessing (:func:`preprocessing_code`), then the loading code, each a block of its own."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -76,6 +97,11 @@ def export(backbone: nn.Module, fmt: str, out: str | Path, image_size: int) -> s
     else:
         torch.save(state_dict_for(backbone, fmt), out)
         code = _loading_code(backbone, fmt, out)
-    return (f"wrote {out}; load it without selfsup:\n\n{code}\n"
-            f"x: RGB images (B, 3, {image_size}, {image_size}) scaled to [0, 1], then normalised with "
-            f"mean {IMAGENET_MEAN} and std {IMAGENET_STD}")
+    s = image_size
+    return (f"wrote {out}. Without selfsup, make the input x (B, 3, {s}, {s}) from image files (paths) as selfsup "
+            "resizes them "
+            f"(shorter side to {s} px with Pillow's antialiased bilinear filter, then the centre {s} x {s} crop), "
+            f"scaled to [0, 1] and normalised with mean {IMAGENET_MEAN} and std {IMAGENET_STD}:\n\n"
+            f"{preprocessing_code(s, numpy=fmt == 'onnx')}\nthen load the encoder and embed x:\n\n{code}\n"
+            f"(torchvision's Resize({s}) + CenterCrop({s}) is not the same: it rounds the longer side down and "
+            f"the crop offset to the nearest pixel, which moves some images by a pixel)")
