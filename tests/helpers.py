@@ -155,3 +155,29 @@ def corner_shapes(n: int = 900, size: int = 24, seed: int = 0):
     cut = 2 * n // 3
     train, test = ImageSet(images[:cut], labels[:cut]), ImageSet(images[cut:], labels[cut:])
     return Dataset("corners", pretrain=train, train=train, test=test, augment={"flip_p": 0.0, "crop_scale": (0.8, 1.0)})
+
+
+def breaks_after(n: int, where: str):
+    """A tiny backbone that, after ``n`` training passes, returns NaN (``where="output"``: the loss turns NaN) or
+    sets a running statistic to infinity while its output stays finite (``where="statistics"``)."""
+    import torch
+    from torch import nn
+
+    class Breaks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3)
+            self.register_buffer("running", torch.zeros(16))
+            self.calls = 0
+
+        def forward(self, x):
+            y = self.conv(x).mean(dim=(2, 3))
+            if self.training:
+                self.calls += 1
+                if self.calls > n and where == "output":
+                    y = y * float("nan")
+                elif self.calls > n:
+                    self.running.fill_(float("inf"))
+            return y
+
+    return Breaks()

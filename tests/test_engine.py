@@ -15,6 +15,7 @@ from selfsup.dynamics.ema import cosine_tau, ema_update
 from selfsup.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from selfsup.engine.optim import LARS, lr_at
 from selfsup.errors import TrainingDiverged, UserError
+from tests.helpers import breaks_after
 
 DIGITS = load_data("digits")
 
@@ -54,28 +55,12 @@ def test_time_limit_stops_at_a_log_line_and_the_run_resumes_exactly(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-class NaNAfter(nn.Module):
-    """A backbone that starts returning NaN after ``n`` forward passes in training mode."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3)
-        self.n, self.calls = n, 0
-
-    def forward(self, x):
-        y = self.conv(x).mean(dim=(2, 3))
-        if self.training:
-            self.calls += 1
-            if self.calls > self.n:
-                y = y * float("nan")
-        return y
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     data = load_data("digits")
     cfg = small_cfg(batch_size=256, steps=40, log_every=1)  # 5 steps per epoch: checkpoints at 5, 10
     with pytest.raises(TrainingDiverged, match=r"loss became nan by step 12.*last good checkpoint"):
-        selfsup.train(cfg, tmp_path / "run", backbone=NaNAfter(11), evaluate=False, show_progress=False, data=data)
+        selfsup.train(cfg, tmp_path / "run", backbone=breaks_after(11, "output"), evaluate=False,
+                      show_progress=False, data=data)
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["step"] == 10 and not ckpt["finished"]
     assert all(torch.isfinite(v).all() for v in ckpt["state"].values() if v.is_floating_point())

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 import selfsup
 from selfsup.cli import main
@@ -15,6 +14,7 @@ from selfsup.config import TrainConfig
 from selfsup.data import load_data
 from selfsup.engine.checkpoint import FILENAME, load_checkpoint
 from selfsup.errors import TrainingDiverged, UserError
+from tests.helpers import breaks_after
 
 DIGITS = load_data("digits")
 
@@ -56,29 +56,10 @@ def test_a_checkpoint_like_dict_missing_keys_is_one_line(tmp_path):
         load_checkpoint(tmp_path)
 
 
-class InfiniteStatistics(nn.Module):
-    """A backbone whose running statistic turns infinite after ``n`` training passes while its output (and so
-    the loss) stays finite: the checkpoint after that must not be written."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3)
-        self.register_buffer("running", torch.zeros(16))
-        self.n, self.calls = n, 0
-
-    def forward(self, x):
-        y = self.conv(x).mean(dim=(2, 3))
-        if self.training:
-            self.calls += 1
-            if self.calls > self.n:
-                self.running.fill_(float("inf"))
-        return y
-
-
 def test_a_model_with_infinite_numbers_is_never_checkpointed_and_the_last_finite_one_is_kept(tmp_path):
     with pytest.raises(TrainingDiverged, match="became NaN/inf by step 10.*last good checkpoint"):
-        selfsup.train(cfg(), tmp_path / "run", backbone=InfiniteStatistics(7), evaluate=False, show_progress=False,
-                      data=DIGITS)
+        selfsup.train(cfg(), tmp_path / "run", backbone=breaks_after(7, "statistics"), evaluate=False,
+                      show_progress=False, data=DIGITS)
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["step"] == 5 and all(torch.isfinite(v).all() for v in ckpt["state"].values() if v.is_floating_point())
     assert not (tmp_path / "run" / ".lock").exists()

@@ -8,6 +8,8 @@ Any other ``nn.Module`` works as a backbone; the helpers below then see only its
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
@@ -60,7 +62,9 @@ def build_backbone(name: str, image_size: int = 32, *, in_channels: int = 3, wid
     if name == "alexnet":
         return alexnet.AlexNet(in_channels, width, stem or alexnet.default_stem(image_size))
     if name not in _BY_WIDTH:
-        raise UserError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+        close = difflib.get_close_matches(name, BACKBONES, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown backbone '{name}'; {hint}choose one of: {', '.join(BACKBONES)}")
     _no_stem(name, stem)
     return _BY_WIDTH[name](in_channels, width)
 
