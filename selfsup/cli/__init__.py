@@ -1,4 +1,4 @@
-"""The ``selfsup`` command: train, eval, methods, and embed, export, retrieve, shards with a trained encoder.
+"""The ``selfsup`` command: train, views, eval, methods, and embed, export, retrieve, shards with a trained encoder.
 
 Bad input ends with one line on stderr and exit code 2; a diverged run with exit code 3.
 """
@@ -12,9 +12,9 @@ from selfsup.cli import commands
 from selfsup.cli.parsers import build_parser
 from selfsup.errors import TrainingDiverged, UserError
 
-COMMANDS = {"train": commands.run_train, "eval": commands.run_eval, "methods": commands.run_methods,
-            "embed": commands.run_embed, "export": commands.run_export, "retrieve": commands.run_retrieve,
-            "shards": commands.run_shards}
+COMMANDS = {"train": commands.run_train, "views": commands.run_views, "eval": commands.run_eval,
+            "methods": commands.run_methods, "embed": commands.run_embed, "export": commands.run_export,
+            "retrieve": commands.run_retrieve, "shards": commands.run_shards}
 
 
 def _say(message: str) -> None:

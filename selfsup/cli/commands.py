@@ -57,16 +57,15 @@ def _key_values(pairs: list[str], flag: str) -> dict:
     return out
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from selfsup.config import TrainConfig, config_from_dict, load_config
-    from selfsup.distributed import is_main_process
-    from selfsup.engine.trainer import results_table, train
+def _config_values(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
+    """The config the flags describe, as a dict: the defaults, then ``--config``, then the flags ``keys`` that were
+    given, ``--method-arg`` and ``--augment`` on top of the file's, and ``--download``."""
+    from selfsup.config import TrainConfig, load_config
 
     values = TrainConfig().to_dict()
     if args.config:
         values.update(load_config(args.config))
-    for key in ("method", "data", "backbone", "epochs", "steps", "batch_size", "lr", "weight_decay", "optimizer",
-                "image_size", "seed", "knn_every", "log_every", "device", "workers"):
+    for key in keys:
         v = getattr(args, key)
         if v is not None:
             values[key] = v
@@ -75,6 +74,17 @@ def run_train(args: argparse.Namespace) -> int:
     for key, pairs in (("method_args", args.method_arg), ("augment", args.augment)):
         values[key] = {**(values[key] or {}), **_key_values(pairs, "--" + key.replace("_args", "-arg"))}
     values["download"] = values["download"] or args.download
+    return values
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from selfsup.config import config_from_dict
+    from selfsup.distributed import is_main_process
+    from selfsup.engine.trainer import results_table, train
+
+    values = _config_values(args, ("method", "data", "backbone", "epochs", "steps", "batch_size", "lr",
+                                   "weight_decay", "optimizer", "image_size", "seed", "knn_every", "log_every",
+                                   "device", "workers"))
     values["sync_bn"] = values["sync_bn"] and not args.no_sync_bn
     values["compile"] = values["compile"] or args.compile
     values["stream"] = values["stream"] or args.stream
@@ -94,6 +104,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(results_table(m))
     elif not run.data.evaluable:
         print("(no labeled train/test split in this data, so no evaluation)")
+    return 0
+
+
+def run_views(args: argparse.Namespace) -> int:
+    from selfsup.config import config_from_dict
+    from selfsup.data.stream import printable
+    from selfsup.use.views import save_views
+
+    cfg = config_from_dict({**_config_values(args, ("method", "data", "backbone", "image_size", "seed")),
+                            "device": "cpu"})
+    print(f"views of {cfg.method} on {printable(cfg.data)}: reading the data and preparing the first epoch ...",
+          flush=True)
+    print(printable(save_views(cfg, args.out or f"views-{cfg.method}.png", args.count)))
     return 0
 
 

@@ -13,11 +13,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="pretrain a method, then evaluate it against random init",
-                       description="Pretrain a self-supervised method and evaluate the backbone (kNN and linear "
-                                   "probe) next to the same backbone at random init. With no arguments: SimCLR "
-                                   "on scikit-learn's digits, on the CPU, in about two minutes.")
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that define a run's method, data and views (``train`` and ``views`` share them)."""
     a = p.add_argument
     a("--method", help="method name, see 'selfsup methods' (default simclr)")
     a("--data", help="digits | cifar10 | cifar100 | stl10 | a folder: class subfolders (labeled), a flat "
@@ -28,6 +25,31 @@ def _train_parser(sub) -> None:
       help="a method option, e.g. temperature=0.2 (repeatable; 'selfsup methods NAME' lists them)")
     a("--augment", action="append", default=[], metavar="KEY=VALUE",
       help="an augmentation setting, e.g. blur_p=0.5 or crop_scale=[0.2,1.0] (repeatable)")
+    a("--image-size", type=int, help="side of the network input in pixels (default: the data's; 16 for digits)")
+    a("--seed", type=int, help="random seed (default 0); the same seed gives the same run")
+    a("--config", help="YAML file with any of these keys (a run's config.yaml replays it); flags override it")
+    a("--download", action="store_true", help="allow torchvision datasets to be downloaded")
+
+
+def _views_parser(sub) -> None:
+    p = sub.add_parser("views", help="a picture of what a method's network sees and must predict, for a few images",
+                       description="Build a method as 'selfsup train' would (same flags and seed) and draw, for the "
+                                   "first images of its first batch, exactly what the network sees (tiles, patch "
+                                   "pairs, rotations, transformed or decolourised images, views) and what it must "
+                                   "predict, one row per input or target. Check a pretext task by eye before "
+                                   "training it.")
+    _run_flags(p)
+    p.add_argument("--count", type=int, default=8, help="how many images to show (2 to 32, default 8)")
+    p.add_argument("--out", help="the PNG to write (default views-METHOD.png)")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="pretrain a method, then evaluate it against random init",
+                       description="Pretrain a self-supervised method and evaluate the backbone (kNN and linear "
+                                   "probe) next to the same backbone at random init. With no arguments: SimCLR "
+                                   "on scikit-learn's digits, on the CPU, in about two minutes.")
+    _run_flags(p)
+    a = p.add_argument
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, help="training length in epochs (default 100)")
     g.add_argument("--steps", type=int, help="training length in optimiser steps")
@@ -36,16 +58,12 @@ def _train_parser(sub) -> None:
     a("--lr", type=float, help="peak learning rate (default: the method's base lr x batch/256)")
     a("--weight-decay", type=float, help="weight decay (default: the method's)")
     a("--optimizer", help="sgd | lars | adam | adamw (default: the method's)")
-    a("--image-size", type=int, help="side of the network input in pixels (default: the data's; 16 for digits)")
-    a("--seed", type=int, help="random seed (default 0); the same seed gives the same run")
     a("--knn-every", type=int, help="run the kNN monitor every N epochs (default: off)")
     a("--log-every", type=int, help="steps between rows of metrics.csv (default 10; each epoch's last step too)")
-    a("--config", help="YAML file with any of these keys (a run's config.yaml replays it); flags override it")
     a("--out", help="run folder (default runs/METHOD-DATA-TIME)")
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--device", help="auto | cpu | cuda (default auto)")
     a("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
-    a("--download", action="store_true", help="allow torchvision datasets to be downloaded")
     a("--no-eval", action="store_true", help="skip the kNN / linear evaluation at the start and the end")
     a("--no-sync-bn", action="store_true", help="under torchrun: keep per-process batch norm (default: global BN)")
     a("--compile", action="store_true", help="torch.compile the backbone (GPU; a minute of compiling up front)")
@@ -148,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
+    _views_parser(sub)
     _eval_parser(sub)
     _use_parsers(sub)
     p = sub.add_parser("methods", help="list the methods (with their papers) and backbones; with a NAME, its options")

@@ -47,7 +47,17 @@ def _fit(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: i
 
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, title: str | None = None,
                     labels: Sequence[str] | None = None, *, scale: int | None = None, pad: int = 2) -> None:
-    """Write ``images`` as a grid picture, ``nrow`` images per row, in order, on a white background.
+    """Write :func:`image_grid` of the arguments to ``path`` (PNG or JPEG)."""
+    if Path(path).suffix.lower() not in SUFFIXES:
+        raise UserError(f"image grid path must end in one of {', '.join(SUFFIXES)} (got {path})")
+    picture = image_grid(images, nrow, title, labels, scale=scale, pad=pad)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+
+
+def image_grid(images: torch.Tensor, nrow: int, title: str | None = None, labels: Sequence[str] | None = None, *,
+               scale: int | None = None, pad: int = 2) -> Image.Image:
+    """``images`` as a grid picture, ``nrow`` images per row, in order, on a white background.
 
     ``images``: uint8 or float [0, 1], ``(N, 3, H, W)`` (or one channel, shown grey). ``scale``: the whole
     enlargement factor (default: the smallest making a cell at least :data:`MIN_CELL` pixels wide). ``labels``:
@@ -61,8 +71,6 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, title: st
         raise UserError(f"image grid needs nrow >= 1, scale >= 1 and pad >= 0 (got {nrow}, {scale}, {pad})")
     if labels is not None and len(labels) != n:
         raise UserError(f"image grid got {len(labels)} labels for {n} images")
-    if Path(path).suffix.lower() not in SUFFIXES:
-        raise UserError(f"image grid path must end in one of {', '.join(SUFFIXES)} (got {path})")
     scale = scale or math.ceil(MIN_CELL / max(h, w))
     font = ImageFont.load_default(size=FONT_SIZE)
     line = font.getbbox("Ag")[3] + 4
@@ -86,5 +94,4 @@ def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int, title: st
         text = _fit(str(text), font, w * scale)
         left = pad + c * cell_w + (w * scale - font.getlength(text)) / 2
         draw.text((left, banner + pad + r * cell_h + h * scale + 2), text, fill=(0, 0, 0), font=font)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    return picture

@@ -11,7 +11,8 @@ sum is minimised) from pure functions of :mod:`selfsup.losses`. What else a meth
   (a GAN: the discriminator ``n_dis`` times, then the generator); ``batch.phase`` says which is running;
 - **dynamics**: ``after_step`` after every step (EMA targets, queues, banks), ``on_epoch_start(ctx)`` at the
   start of every epoch, also after a resume (re-clustering, filling a bank; see :class:`EpochContext`);
-- **the encoder that is evaluated** (:meth:`Method.encoder`): the backbone on RGB by default.
+- **the encoder that is evaluated** (:meth:`Method.encoder`): the backbone on RGB by default;
+- **what ``selfsup views`` shows** (:meth:`Method.views`): the network's inputs and targets for a few images.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from torch import nn
 
 from selfsup.data.augment import AugmentConfig
 from selfsup.data.sources import Dataset
+from selfsup.data.views import augmented
+from selfsup.methods.panels import Panel
 
 #: the settings an optimiser may take (selfsup.engine.optim resolves them; the config may override each)
 OPTIMIZER_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "lars_eta", "lars_clip",
@@ -132,6 +135,13 @@ class Method(nn.Module):
         """After training (rank 0): write the method's own pictures into the run folder ``out`` and return
         extra metrics (e.g. a GAN's sample grid and its FID)."""
         return {}
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        """What the network sees for ``batch`` and what it must predict, built by the training step's own code
+        (``selfsup views``). The default: two augmented views of every image, as joint-embedding methods train."""
+        first, second = augmented(batch.images, self.aug, self.image_size, batch.generator, n=2).chunk(2)
+        return [Panel("view 1", first), Panel("view 2 (the positive)", second)]
 
     def encoder(self) -> nn.Module:
         """The network that evaluation, ``embed``, ``export`` and ``retrieve`` use: it maps ImageNet-normalised

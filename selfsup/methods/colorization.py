@@ -28,6 +28,7 @@ from selfsup.evaluate.pictures import save_image_grid
 from selfsup.heads.decoder import ConvDecoder
 from selfsup.losses.colour import colorization_loss
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.panels import Panel
 
 
 class Colorization(Method):
@@ -85,6 +86,16 @@ class Colorization(Method):
         logits = self.decoder(feature_map(self.backbone, device_layout(lightness)), self.target_size)
         targets = soft_encode(ab, self.bins, self.neighbours, self.sigma)
         return colorization_loss(logits, targets, self.weights, ~near_grayscale(ab))
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        lightness, ab = self._lab(augmented(batch.images, self.aug, self.image_size, batch.generator))
+        L = F.interpolate(lightness * 50.0 + 50.0, size=self.target_size, mode="area")
+        nearest = self.bins[nearest_bins(ab, self.bins)[1][:, 0]].permute(0, 3, 1, 2)  # (B, 2, h, w)
+        skipped = near_grayscale(ab).tolist()
+        return [Panel("what the network sees: the lightness L", (lightness + 1.0) / 2.0),
+                Panel(f"what it must predict: the ab bin of every pixel at {self.target_size} px (shown with L)",
+                      lab_to_rgb(torch.cat([L, nearest], 1)), ["grey: no loss" if s else "" for s in skipped])]
 
     def encoder(self) -> nn.Module:
         return InputEncoder(Lightness(), self.backbone)

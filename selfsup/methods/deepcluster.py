@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.views import augmented_views, eval_view
+from selfsup.data.views import augmented, augmented_views, eval_view
 from selfsup.dynamics.kmeans import cluster_balanced_weights, kmeans, preprocess_features
 from selfsup.errors import UserError
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.panels import Panel
 
 
 class DeepCluster(Method):
@@ -67,3 +68,10 @@ class DeepCluster(Method):
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)
         logits = self.classifier(self.backbone(x)).float()
         return F.cross_entropy(logits, self.pseudo_labels[batch.indices])
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        x = augmented(batch.images, self.aug, self.image_size, batch.generator)
+        clusters = self.pseudo_labels[batch.indices].tolist()
+        return [Panel("the view and its pseudo-label (its k-means cluster this epoch)", x,
+                      [f"cluster {c}" for c in clusters])]

@@ -20,6 +20,7 @@ from selfsup.data.views import augmented, device_layout, for_this_rank
 from selfsup.errors import UserError
 from selfsup.heads.tiles import ConcatHead
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.panels import Panel, mosaic, stretch
 
 
 class Jigsaw(Method):
@@ -52,7 +53,8 @@ class Jigsaw(Method):
         """The trunk on images standardised per channel, as its tiles were."""
         return InputEncoder(Standardise(), self.backbone)
 
-    def training_step(self, batch: Batch) -> torch.Tensor:
+    def _puzzle(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image's shuffled, standardised tiles ``(B, grid * grid, 3, side, side)`` and permutation index."""
         x = augmented(batch.images, self.aug, self.image_size, batch.generator)
         b, device, size = len(x), x.device, self.image_size
         boxes = for_this_rank(lambda n: sample_grid_tiles(n, size, size, self.grid, self.tile_frac,
@@ -60,6 +62,19 @@ class Jigsaw(Method):
         index = for_this_rank(lambda n: sample_permutation_index(n, len(self.permutations), batch.generator,
                                                                  device), b)
         side = self.tile_size or int(boxes[0, 0, 2])  # every tile has the same side
-        tiles = permute_tiles(normalize_tiles(crop_tiles(x, boxes, side)), self.permutations, index)
+        return permute_tiles(normalize_tiles(crop_tiles(x, boxes, side)), self.permutations, index), index
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        tiles, index = self._puzzle(batch)
         feats = self.backbone(device_layout(tiles.flatten(0, 1)))
         return F.cross_entropy(self.head(feats).float(), index)
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        tiles, index = self._puzzle(batch)
+        shown = stretch(tiles.flatten(0, 1)).view_as(tiles)  # standardised tiles, each mapped onto [0, 1]
+        order = self.permutations[index].argsort(1)  # slot i shows cell p[i]: cell c sits in slot order[c]
+        solved = shown.gather(1, order.view(*order.shape, 1, 1, 1).expand_as(shown))
+        return [Panel("what the network sees: the shuffled tiles (each standardised)", mosaic(shown, self.grid),
+                      [f"permutation {i}" for i in index.tolist()]),
+                Panel("the answer: the tiles put back by the permutation", mosaic(solved, self.grid))]

@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.views import augmented_views, eval_view
+from selfsup.data.views import augmented, augmented_views, eval_view
 from selfsup.distributed import gather
 from selfsup.dynamics.bank import bank_update
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, instance_softmax, nce_loss, nce_normaliser
 from selfsup.methods.base import Batch, EpochContext, Method
+from selfsup.methods.panels import Panel
 
 
 class NPID(Method):
@@ -74,6 +75,12 @@ class NPID(Method):
             return nce_loss(features, self.bank[batch.indices], noise, self.num_samples, self.normaliser,
                             self.temperature)
         return info_nce(features, self.bank[batch.indices], noise, self.temperature)
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        x = augmented(batch.images, self.aug, self.image_size, batch.generator)
+        return [Panel("the view: its class is its own index (its memory bank row)", x,
+                      [f"instance {i}" for i in batch.indices.tolist()])]
 
     @torch.no_grad()
     def after_step(self, progress: float) -> None:

@@ -10,6 +10,7 @@ from selfsup.data.ops.rotate import rotations
 from selfsup.data.views import augmented, prepare
 from selfsup.heads import MLP
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.panels import Panel
 
 
 class RotNet(Method):
@@ -27,6 +28,16 @@ class RotNet(Method):
         # the paper's classifier is the network's upper blocks; an MLP keeps the last features less task-specific
         self.classifier = MLP(self.feat_dim, head_hidden_dim, 4) if head_hidden_dim else nn.Linear(self.feat_dim, 4)
 
+    def _rotated(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The four rotations of every augmented image, float [0, 1], and their classes."""
+        return rotations(augmented(batch.images, self.aug, self.image_size, batch.generator))
+
     def training_step(self, batch: Batch) -> torch.Tensor:
-        x, target = rotations(augmented(batch.images, self.aug, self.image_size, batch.generator))
+        x, target = self._rotated(batch)
         return F.cross_entropy(self.classifier(self.backbone(prepare(x))).float(), target)
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        x, target = self._rotated(batch)
+        return [Panel(f"rotated by {90 * k} degrees", part, [f"class {c}" for c in t.tolist()])
+                for k, (part, t) in enumerate(zip(x.chunk(4), target.chunk(4), strict=True))]

@@ -20,6 +20,7 @@ from selfsup.evaluate.pictures import save_image_grid
 from selfsup.heads.generator import ResNetGenerator, sample_latent, to_uint8, to_unit
 from selfsup.losses.gan import hinge_d_loss, hinge_g_loss
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.panels import Panel, unprepare
 
 ADAM = dict(optimizer="adam", lr=2e-4, betas=(0.0, 0.999), weight_decay=0.0, schedule="constant", warmup_epochs=0.0)
 
@@ -96,6 +97,16 @@ class SSGAN(Method):
         rotated, labels = rotations(self._fakes(n, batch.generator))
         adv, rot = self._discriminate(rotated)
         return {"adversarial": hinge_g_loss(adv[:n]), "rotation": self.rotation_fake * F.cross_entropy(rot, labels)}
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        n = len(batch.images)
+        rotated, labels = rotations(prepare(augmented(batch.images, self.aug, self.image_size, batch.generator)))
+        pick = torch.arange(n, device=rotated.device) + n * (torch.arange(n, device=rotated.device) % 4)
+        return [Panel("real images, rotated: the discriminator tells real from fake and the rotation",
+                      unprepare(rotated[pick]), [f"real, {90 * int(labels[i])} deg" for i in pick.tolist()]),
+                Panel("generated images (the generator at this point): 'fake' for the discriminator",
+                      unprepare(self._fakes(n, batch.generator)))]
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:

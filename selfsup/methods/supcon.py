@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from selfsup.losses import supcon_loss
 from selfsup.methods.base import Batch
+from selfsup.methods.panels import Panel
 from selfsup.methods.simclr import SimCLR
 
 
@@ -21,3 +24,8 @@ class SupCon(SimCLR):
 
     def objective(self, z1: torch.Tensor, z2: torch.Tensor, batch: Batch) -> torch.Tensor:
         return supcon_loss(z1, z2, batch.labels, self.temperature)
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        """SimCLR's two views, captioned with the labels: every view of the same class is a positive."""
+        return [replace(p, captions=[f"class {c}" for c in batch.labels.tolist()]) for p in super().views(batch)]

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data.views import augmented_views
+from selfsup.data.views import augmented, augmented_views
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.panels import Panel
 
 
 class Supervised(Method):
@@ -25,3 +26,8 @@ class Supervised(Method):
     def training_step(self, batch: Batch) -> torch.Tensor:
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)
         return F.cross_entropy(self.classifier(self.backbone(x)).float(), batch.labels)
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        x = augmented(batch.images, self.aug, self.image_size, batch.generator)
+        return [Panel("the view and its label", x, [f"class {c}" for c in batch.labels.tolist()])]
