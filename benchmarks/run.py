@@ -9,6 +9,10 @@ Targets (the protocol is written down in benchmarks/results/README.md), one modu
   augmentation throughput on one thread against lightly's per-image transform.
 * ``cpu-methods`` (cpu.py): every method (contrastive, siamese, clustering, pretext tasks, a GAN) and supervised
   cross-entropy, same setting.
+* ``layers`` (layers.py): every pretext method, SimCLR and supervised on one backbone (NIN, AlexNet, ResNet),
+  a linear probe on every stage and at random init: the seeds' per-layer table and its plot.
+* ``pretext-views`` (pretext_views.py): jigsaw's and context prediction's views, batched on one CPU thread vs a
+  per-image PIL/torchvision reference (lightly's and VISSL's way), at 32 and 96 px.
 * ``gpu`` (gpu.py): SimCLR and BYOL, ResNet-18 (CIFAR stem), CIFAR-10, batch 512 on one GPU: samples/s, s/epoch,
   peak memory, MFU; lightly's SimCLR side by side (16 workers); host-sync check; a profiled step.
 * ``gpu-accuracy``, ``gpu-diagnose`` (accuracy.py): recipes end to end on one GPU (kNN and linear top-1, wall
@@ -37,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package, run as a script
 
-from benchmarks import accuracy, cpu, faults, gpu, host, readme, tables
+from benchmarks import accuracy, cpu, faults, gpu, host, layers, pretext_views, readme, tables
 
 DATA = "data/cifar10"  # python benchmarks/pack_images.py cifar10 data/cifar10 builds it
 
@@ -62,6 +66,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--speed-steps", type=int, default=0,
                    help="instead of the table: time N steps of every method on a quiet machine")
     c.set_defaults(fn=cpu.cpu_methods)
+    c = sub.add_parser("layers", help="per-stage linear probes of every pretext method, SimCLR and supervised")
+    c.add_argument("--data", default=DATA)
+    c.add_argument("--backbone", default="nin", help="nin | alexnet | resnet18 | small")
+    c.add_argument("--steps", type=int, default=1000)
+    c.add_argument("--batch-size", type=int, default=256)
+    c.add_argument("--methods", default=",".join(layers.LAYER_METHODS),
+                   help=f"any of {', '.join(layers.LAYER_METHODS)}")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", default="runs/layers", help="run folders (one per backbone and method) below this")
+    c.add_argument("--force", action="store_true", help="re-run methods already in the JSON")
+    c.set_defaults(fn=layers.layer_table)
+    g = sub.add_parser("pretext-views", help="jigsaw and context-prediction views, batched vs per image, one thread")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--seconds", type=float, default=3.0)
+    g.set_defaults(fn=pretext_views.pretext_views)
     g = sub.add_parser("gpu", help="GPU speed: SimCLR/BYOL ResNet-18 CIFAR-10, lightly side by side, profile")
     g.add_argument("--data", default=DATA)
     g.add_argument("--steps", type=int, default=200)
@@ -116,8 +135,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme")
-    if needs_data and not Path(getattr(args, "data", ".")).exists():
+    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme", "pretext-views")
+    if needs_data and args.data != "digits" and not Path(args.data).exists():  # digits: a quick try
         raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders: "
                          f"python benchmarks/pack_images.py cifar10 {args.data} (downloads it), or pass --data")
     args.fn(args)

@@ -214,6 +214,9 @@ def _to_global_bn(module: nn.Module) -> nn.Module:
             new = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                   child.track_running_stats)
             new.load_state_dict(child.state_dict())
+            for mine, theirs in zip(new.parameters(), child.parameters(), strict=True):
+                mine.requires_grad_(theirs.requires_grad)  # a frozen layer (a teacher's) stays frozen
+            new.train(child.training)
             setattr(module, name, new)
         else:
             _to_global_bn(child)

@@ -194,3 +194,24 @@ def test_eval_of_several_runs_shows_each_next_to_its_own_random_init_with_its_ba
     assert [r.split()[0] for r in rows] == ["simclr", "random", "simclr", "random"]
     assert "small, 8 px" in rows[0] and "small, 8 px" in rows[1] and "nin, 8 px" in rows[2] and "nin" in rows[3]
     assert "knn: simclr (b) (nin, 8 px)" in out.err  # a line per row while it works
+
+
+def test_eval_layers_draws_a_curve_per_run_and_per_random_init(tmp_path, capsys, monkeypatch):
+    from selfsup.evaluate import report
+
+    assert main(["train", "--steps", "2", "--image-size", "8", "--no-eval", "--quiet", "--out",
+                 str(tmp_path / "a")]) == 0
+    drawn = {}
+    real = report.plot_layers
+    monkeypatch.setattr(report, "plot_layers", lambda curves, out, title: drawn.update(curves=curves) or
+                        real(curves, out, title))
+    assert main(["eval", "layers", "--checkpoint", str(tmp_path / "a"), "--data", "digits", "--plot",
+                 str(tmp_path / "layers.png")]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if "px" in line]
+    (run, stages, values), (lower, lower_stages, lower_values) = drawn["curves"]
+    assert run == "simclr (a)" and lower == "simclr (a): random init" and stages == lower_stages
+    assert [f"{v * 100:.1f}" for v in values] == table[0][-len(stages):]  # the plotted values are the table's
+    assert [f"{v * 100:.1f}" for v in lower_values] == table[1][-len(stages):]
+    assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert_one_line_error(capsys, ["eval", "knn", "--checkpoint", str(tmp_path / "a"), "--data", "digits", "--plot",
+                                   str(tmp_path / "k.png")], "--plot draws the per-stage curves")

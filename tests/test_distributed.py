@@ -142,3 +142,19 @@ def test_feature_extraction_with_more_processes_than_images(tmp_path):
                               device="cpu")
     run_ranks(_tiny_rank, 2, tmp_path / "f.pt")
     torch.testing.assert_close(torch.load(tmp_path / "f.pt"), single)
+
+
+def test_global_bn_conversion_keeps_statistics_frozen_layers_and_modes():
+    from torch import nn
+
+    from selfsup.distributed import GlobalBatchNorm, convert_sync_batchnorm
+
+    student, teacher = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+    teacher.running_mean.fill_(0.5)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    model = convert_sync_batchnorm(nn.ModuleDict(dict(student=nn.Sequential(student), teacher=teacher)))
+    assert isinstance(model["student"][0], GlobalBatchNorm) and isinstance(model["teacher"], GlobalBatchNorm)
+    assert all(p.requires_grad for p in model["student"].parameters())
+    assert not any(p.requires_grad for p in model["teacher"].parameters()) and not model["teacher"].training
+    assert torch.equal(model["teacher"].running_mean, torch.full((4,), 0.5))

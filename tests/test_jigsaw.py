@@ -11,19 +11,7 @@ from selfsup.data.permutations import max_hamming_permutations
 from selfsup.data.views import augmented
 from selfsup.methods import Batch
 from selfsup.methods.jigsaw import Jigsaw
-from tests.helpers import assert_two_ranks_train_like_one
-
-
-class Recorder(torch.nn.Module):
-    """A backbone that remembers its input and returns a fixed linear function of it."""
-
-    def __init__(self, dim=8):
-        super().__init__()
-        self.proj = torch.nn.Linear(3, dim)
-
-    def forward(self, x):
-        self.seen = x
-        return self.proj(x.mean((2, 3)))
+from tests.helpers import Recorder, assert_two_ranks_train_like_one
 
 
 def test_a_step_cuts_normalises_and_shuffles_the_tiles_as_a_per_image_reference_does():

@@ -8,14 +8,28 @@ from selfsup.config import config_from_dict, load_config, validate
 from selfsup.engine.build import augment_config, check_method_args
 from selfsup.methods import get_method
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*/*.yaml"))
+ROOT = Path(__file__).parent.parent / "recipes"
+RECIPES = sorted(ROOT.glob("*/*.yaml"))
+CONTRASTIVE = ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "triplet")
+#: pretext tasks, generative and clustering methods
+PRETEXT = ("rotnet", "jigsaw", "context", "counting", "aet", "exemplar", "decoupling", "damaged-jigsaw", "bownet",
+           "colorization", "ssgan", "deepcluster")
 
 
-def test_recipes_cover_the_contrastive_family_on_both_scales():
+@pytest.mark.parametrize("family", [CONTRASTIVE, PRETEXT], ids=["contrastive", "pretext"])
+def test_recipes_cover_every_family_on_both_scales(family):
     names = {(p.parent.name, p.stem) for p in RECIPES}
-    for scale in ("cifar10", "imagenet"):
-        for method in ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "triplet"):
-            assert (scale, method) in names
+    missing = [f"{scale}/{m}" for scale in ("cifar10", "imagenet") for m in family if (scale, m) not in names]
+    assert not missing, f"no recipe for {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("scale", ["cifar10", "imagenet"])
+def test_bownet_recipe_teacher_is_the_rotnet_recipe_run(scale):
+    """BoWNet's teacher is the run folder its comment tells the RotNet recipe to write (--out)."""
+    path = ROOT / scale / "bownet.yaml"
+    teacher = load_config(path)["method_args"]["teacher"]
+    text = path.read_text()
+    assert f"--config recipes/{scale}/rotnet.yaml" in text and f"--out {teacher}" in text
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -18,9 +18,21 @@ SETTINGS = {"deepcluster": dict(method_args=dict(num_clusters=20)),
             "ssgan": dict(backbone_args=dict(width=0.25), method_args=dict(generator_width=0.25))}
 
 
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """BoWNet's teacher: a RotNet run of 2 steps at 16 px."""
+    out = tmp_path_factory.mktemp("rotnet")
+    cfg = selfsup.TrainConfig(method="rotnet", data="digits", steps=2, batch_size=32, image_size=16)
+    selfsup.train(cfg, out, evaluate=False, show_progress=False, data=DIGITS)
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_shows_its_inputs_and_targets_for_the_shown_images(name):
-    cfg = selfsup.TrainConfig(method=name, data="digits", image_size=16, **SETTINGS.get(name, {}))
+def test_every_method_shows_its_inputs_and_targets_for_the_shown_images(name, request):
+    settings = SETTINGS.get(name, {})
+    if name == "bownet":
+        settings = dict(method_args=dict(teacher=str(request.getfixturevalue("teacher")), num_words=16, locations=2))
+    cfg = selfsup.TrainConfig(method=name, data="digits", image_size=16, **settings)
     panels, _ = method_views(cfg, count=4, data=DIGITS)
     assert len(panels) >= 2 and panels[0].captions is not None  # the originals with their labels, then the method's
     for p in panels:
@@ -54,15 +66,15 @@ def test_jigsaw_shows_the_shuffled_tiles_and_the_puzzle_solved_by_its_permutatio
 
     perms = max_hamming_permutations(10, 9, 0)
     side = (shuffled.images.shape[-1] - 2) // 3  # 3 tiles and 2 gaps of one pixel per row
+
+    def tile(picture, b, i):
+        r, c = divmod(i, 3)
+        return picture[b, :, r * (side + 1): r * (side + 1) + side, c * (side + 1): c * (side + 1) + side]
+
     for b, caption in enumerate(shuffled.captions):
         p = perms[int(caption.split()[-1])]
-
-        def tile(picture, i):
-            r, c = divmod(i, 3)
-            return picture[b, :, r * (side + 1): r * (side + 1) + side, c * (side + 1): c * (side + 1) + side]
-
         for slot in range(9):  # slot i shows cell p[i]
-            assert torch.equal(tile(shuffled.images, slot), tile(solved.images, int(p[slot])))
+            assert torch.equal(tile(shuffled.images, b, slot), tile(solved.images, b, int(p[slot])))
 
 
 def test_mosaic_places_every_tile_at_its_row_and_column_with_gaps():

@@ -131,20 +131,23 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.protocol == "fid":
         return run_fid(args, device)
+    if args.plot and (args.protocol != "layers" or Path(args.plot).suffix.lower() != ".png"):
+        raise UserError("--plot draws the per-stage curves of 'eval layers' into a .png file")
     rows, datasets = [], {}
     for path in args.checkpoint:  # every run next to its own random init (same backbone, seed and size)
         method, ckpt = method_from_checkpoint(path)
         cfg, size = ckpt["config"], ckpt["image_size"]
         random = method_from_checkpoint(path, trained=False)[0]
         label = f"{cfg['method']} ({Path(path).resolve().name})"
-        rows += [(label, cfg["backbone"], size, method.encoder()), ("  random init", cfg["backbone"], size,
-                                                                   random.encoder())]
+        rows += [(label, label, cfg["backbone"], size, method.encoder()),
+                 ("  random init", f"{label}: random init", cfg["backbone"], size, random.encoder())]
         if size not in datasets:
             datasets[size] = load_data(args.data, size, args.download)
             if not datasets[size].evaluable:
                 raise UserError(f"'{args.data}' has no labeled train and test splits to evaluate on")
     tables: dict[tuple, list] = {}
-    for label, backbone, size, encoder in rows:
+    curves: list[tuple[str, list[str], list[float]]] = []
+    for label, curve, backbone, size, encoder in rows:
         data = datasets[size]
         _note(f"{args.protocol}: {label.strip()} ({backbone}, {size} px) on {len(data.train)} + {len(data.test)} "
               f"images ...")
@@ -158,6 +161,11 @@ def run_eval(args: argparse.Namespace) -> int:
             scores, key = {"": fn(encoder.to(device), data.train, data.test, **kw)}, ("run", "backbone",
                                                                                      f"{args.protocol} top-1 %")
         tables.setdefault(key, []).append([label, f"{backbone}, {size} px", *scores.values()])
+        curves.append((curve, list(scores), list(scores.values())))
+    if args.plot:
+        from selfsup.evaluate.report import plot_layers
+
+        plot_layers(curves, Path(args.plot), f"linear probe per stage on {Path(args.data).name}")
     note = "\n(each stage's map average-pooled to at most 2048 values)" if args.protocol == "layers" else ""
     print("\n\n".join(format_table(list(header), table) for header, table in tables.items()) + note)
     return 0

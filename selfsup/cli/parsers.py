@@ -86,6 +86,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--features", help="fid: the network whose features compare real and generated images: a run "
                                       "folder / checkpoint of this project, or inception:PATH (torchvision "
                                       "Inception-v3 weights; only these give FIDs comparable to papers)")
+    p.add_argument("--plot", metavar="FILE.png", help="layers: also draw top-1 against depth, a line per run and "
+                                                      "a dashed one per random init")
     p.add_argument("--samples", type=_positive, default=10_000, help="fid: images of each kind (default 10000)")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run folder or checkpoint.pt; repeat to compare several in one table")

@@ -5,11 +5,18 @@ from __future__ import annotations
 import difflib
 
 from selfsup.errors import UserError
+from selfsup.methods.aet import AET
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.bownet import BoWNet
 from selfsup.methods.byol import BYOL
 from selfsup.methods.colorization import Colorization
+from selfsup.methods.context import ContextPrediction
+from selfsup.methods.counting import Counting
+from selfsup.methods.damaged_jigsaw import DamagedJigsaw
+from selfsup.methods.decoupling import Decoupling
 from selfsup.methods.deepcluster import DeepCluster
+from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
@@ -21,8 +28,9 @@ from selfsup.methods.supervised import Supervised
 from selfsup.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID, BarlowTwins, SupCon, Triplet,
-                                                        RotNet, Jigsaw, Colorization, SSGAN, DeepCluster,
-                                                        Supervised)}
+                                                        RotNet, Jigsaw, ContextPrediction, Counting, AET,
+                                                        Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
+                                                        Decoupling, DamagedJigsaw, BoWNet)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

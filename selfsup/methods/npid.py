@@ -8,7 +8,7 @@ from torch import nn
 
 from selfsup.data.views import augmented, augmented_views, eval_view
 from selfsup.distributed import gather
-from selfsup.dynamics.bank import bank_update
+from selfsup.dynamics.bank import PendingRows, sampled_negatives
 from selfsup.errors import UserError
 from selfsup.losses import info_nce, instance_softmax, nce_loss, nce_normaliser
 from selfsup.methods.base import Batch, EpochContext, Method
@@ -44,7 +44,7 @@ class NPID(Method):
         self.normaliser = nce_normaliser(self.num_samples, proj_dim, temperature) if loss == "nce" else 0.0
         self.head = nn.Linear(self.feat_dim, proj_dim)
         self.register_buffer("bank", F.normalize(torch.randn(self.num_samples, proj_dim), dim=1))
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending = PendingRows()
 
     @torch.no_grad()
     def on_epoch_start(self, ctx: EpochContext) -> None:
@@ -64,13 +64,11 @@ class NPID(Method):
     def training_step(self, batch: Batch) -> torch.Tensor:
         x = augmented_views(batch.images, self.aug, self.image_size, batch.generator, n=1)
         features = self.head(self.backbone(x))
-        self._pending = (gather(batch.indices), gather(features.detach().float()))
-        whole = self.negatives <= 0 or self.negatives >= self.num_samples
-        if whole and self.loss == "softmax":
+        self._pending.hold(gather(batch.indices), gather(features.detach().float()))
+        noise = sampled_negatives(self.bank, self.negatives, batch.generator)
+        if noise is None and self.loss == "softmax":
             return instance_softmax(features, self.bank, batch.indices, self.temperature)
-        noise = self.bank if whole else self.bank[torch.randint(
-            self.num_samples, (self.negatives,), generator=batch.generator, device=batch.generator.device
-        ).to(self.bank.device)]
+        noise = self.bank if noise is None else noise
         if self.loss == "nce":
             return nce_loss(features, self.bank[batch.indices], noise, self.num_samples, self.normaliser,
                             self.temperature)
@@ -85,7 +83,4 @@ class NPID(Method):
     @torch.no_grad()
     def after_step(self, progress: float) -> None:
         """Write the step's features (of all ranks) into their bank rows."""
-        if self._pending is not None:
-            idx, features = self._pending
-            self.bank[idx] = bank_update(self.bank[idx], features, self.bank_momentum)
-            self._pending = None
+        self._pending.write(self.bank, self.bank_momentum)
