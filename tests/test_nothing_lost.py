@@ -168,3 +168,60 @@ def test_numbers_that_yaml_reads_as_strings_are_taken(tmp_path):
 def test_a_batch_of_one_image_is_refused(tmp_path):
     with pytest.raises(UserError, match="fewer than 2 images"):
         selfsup.train(cfg(batch_size=1), tmp_path / "run", show_progress=False, data=DIGITS)
+
+
+def test_a_run_started_with_a_quicker_one_on_the_same_folder_is_refused_once_it_holds_the_lock(tmp_path,
+                                                                                                 monkeypatch):
+    from selfsup.engine import trainer
+
+    out, real = tmp_path / "run", trainer._build_model
+
+    def quicker_run_finishes_first(*args, **kwargs):  # between this run's checks and its lock
+        out.mkdir(exist_ok=True)
+        (out / "config.yaml").write_text("the other run's\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_build_model", quicker_run_finishes_first)
+    with pytest.raises(UserError, match="received another run while this one started"):
+        selfsup.train(cfg(steps=2), out, evaluate=False, show_progress=False, data=DIGITS)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # untouched, and no lock left behind
+    assert (out / "config.yaml").read_text() == "the other run's\n"
+
+
+def test_a_resume_that_another_process_overtook_is_refused_once_it_holds_the_lock(tmp_path, monkeypatch):
+    from selfsup.engine import trainer
+    from selfsup.engine.checkpoint import save_checkpoint
+
+    out, real = tmp_path / "run", trainer._build_model
+    selfsup.train(cfg(), out, evaluate=False, show_progress=False, data=DIGITS, stop_at=5)
+
+    def other_resume_goes_on(*args, **kwargs):
+        ahead = load_checkpoint(out)
+        ahead["step"] = 10
+        save_checkpoint(out / FILENAME, {k: v for k, v in ahead.items() if k not in ("format", "version")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_build_model", other_resume_goes_on)
+    with pytest.raises(UserError, match="went on while this resume started"):
+        selfsup.train(cfg(), resume=out, evaluate=False, show_progress=False, data=DIGITS)
+    assert load_checkpoint(out)["step"] == 10 and not (out / ".lock").exists()
+
+
+def test_torchs_full_disk_error_is_named_as_a_full_disk(tmp_path, monkeypatch):
+    import shutil
+
+    from selfsup.engine.checkpoint import save_checkpoint
+
+    path = tmp_path / FILENAME
+    save_checkpoint(path, {"step": 1, "weights": torch.zeros(1000)})
+    before = path.read_bytes()
+
+    def writes_part_then_fails(obj, f, *args, **kwargs):
+        open(f, "wb").write(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2442624 vs 2442512")
+
+    monkeypatch.setattr(torch, "save", writes_part_then_fails)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1000))
+    with pytest.raises(UserError, match=r"No space left on the device \(0\.0 MB free.*previous checkpoint is intact"):
+        save_checkpoint(path, {"step": 2, "weights": torch.zeros(1000)})
+    assert [p.name for p in tmp_path.iterdir()] == [FILENAME] and path.read_bytes() == before

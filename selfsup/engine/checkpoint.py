@@ -4,6 +4,7 @@ read with torch's safe loader (tensors and plain containers only: a checkpoint n
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +35,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        needed = max(written, path.stat().st_size if path.exists() else 0)
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else needed
+        if free < needed + (1 << 20):  # torch's zip writer says "unexpected pos" where the disk is full
+            reason = f"No space left on the device ({free / 2**20:.1f} MB free, a checkpoint takes " \
+                     f"{needed / 2**20:.1f} MB)"
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was written"
         raise UserError(f"cannot write the checkpoint '{path}': {reason}; {kept}") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
                   for name, s in settings.items()}
     stepper = Stepper(method, model, optimizers, settings, params, total, per_epoch, device)
 
-    lock = _lock(out, main)  # only now, after every check on every rank, is anything written (by rank 0 alone)
+    # only now, after every check on every rank, is anything written (by rank 0 alone)
+    lock = _lock(out, main, lambda: _written_meanwhile(out, ckpt, overwrite))
     try:
         if main:
             prepare_folder(out, cfg, clear=ckpt is None and overwrite, pictures=cls.pictures)
@@ -170,15 +172,32 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
         lock.release()
 
 
-def _lock(out: Path, main: bool) -> RunLock:
-    """Rank 0 locks the run folder; every rank learns whether it could (a refusal is every rank's UserError)."""
+def _written_meanwhile(out: Path, ckpt: dict | None, overwrite: bool) -> str | None:
+    """Why ``out`` is no longer this run's to write, now that it is locked: another run wrote it after this one's
+    checks (two runs started at once, the other one quicker); None if it still is."""
+    if ckpt is None:
+        if holds_run(out) and not overwrite:
+            return (f"output folder '{out}' received another run while this one started; pass --overwrite "
+                    "(overwrite=True in Python) or choose another --out")
+        return None
+    if load_checkpoint(out)["step"] != ckpt["step"]:
+        return f"the run in '{out}' went on while this resume started (another process resumed it); resume again"
+    return None
+
+
+def _lock(out: Path, main: bool, check: Callable[[], str | None]) -> RunLock:
+    """Rank 0 locks the run folder and then asks ``check`` whether it is still this run's to write (see
+    :func:`_written_meanwhile`); every rank learns the answer (a refusal is every rank's UserError)."""
     lock = RunLock(out)
     refusal = None
     if main:
         try:
             lock.acquire()
+            refusal = check()
         except UserError as e:
             refusal = str(e)
+        if refusal:
+            lock.release()
     refusal = broadcast_object(refusal)
     if refusal:
         raise UserError(refusal)
