@@ -4,6 +4,7 @@ as one line with no debris, a run killed during its evaluation completes on resu
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +226,25 @@ def test_torchs_full_disk_error_is_named_as_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"No space left on the device \(0\.0 MB free.*previous checkpoint is intact"):
         save_checkpoint(path, {"step": 2, "weights": torch.zeros(1000)})
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME] and path.read_bytes() == before
+
+
+def test_a_lock_appears_with_its_content_so_no_run_reads_it_half_written(tmp_path, monkeypatch):
+    import socket
+
+    from selfsup.engine.runfolder import RunLock
+
+    seen, real_link = [], os.link
+
+    def link(src, dst):  # the moment the lock appears: it must already hold the pid and host
+        seen.append((Path(dst).exists(), Path(src).read_text()))
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert seen == [(False, f"{os.getpid()} {socket.gethostname()}\n")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # no temporary file left
+    with pytest.raises(UserError, match="another run"):
+        RunLock(tmp_path).acquire()
+    lock.release()
+    assert not list(tmp_path.iterdir())

@@ -54,14 +54,12 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for _ in range(2):  # a stale lock is removed once, then taken
                 try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    self._create()
                 except FileExistsError:
                     if not self._stale():
                         raise UserError(self._holder_message()) from None
                     self.path.unlink(missing_ok=True)
                     continue
-                with os.fdopen(fd, "w") as f:
-                    f.write(f"{os.getpid()} {socket.gethostname()}\n")
                 self.held = True
                 return
         except OSError as e:
@@ -69,6 +67,23 @@ class RunLock:
                 shutil.rmtree(self.path.parent, ignore_errors=True)
             raise UserError(f"cannot write to the run folder '{self.path.parent}': {e.strerror or e}") from None
         raise UserError(self._holder_message())
+
+    def _create(self) -> None:
+        """The lock file, with its content, in one step: written beside it, then hard-linked into place (which
+        fails if it exists), so that no other run ever reads a lock half-written and takes it for a dead one's.
+        Where the file system has no hard links, an exclusive create, then the content."""
+        mine = f"{os.getpid()} {socket.gethostname()}\n"
+        tmp = self.path.with_name(f"{LOCK}.{os.getpid()}")
+        tmp.write_text(mine)
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here
+            with os.fdopen(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "w") as f:
+                f.write(mine)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _holder(self) -> tuple[int, str] | None:
         try:
@@ -79,7 +94,7 @@ class RunLock:
 
     def _stale(self) -> bool:
         holder = self._holder()
-        if holder is None:  # unreadable or half-written: its writer died while writing it
+        if holder is None:  # unreadable: a broken file (locks appear whole, see _create)
             return True
         pid, host = holder
         if host != socket.gethostname():
