@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import selfsup
-from benchmarks.common import ROOT, environment, save
+from benchmarks.common import environment, save
 from benchmarks.tables import RESULTS, load
 from selfsup import evaluate
 from selfsup.data import load_data
@@ -58,7 +58,7 @@ def layer_table(args: argparse.Namespace) -> None:
         draw(result)
 
 
-def draw(result: dict) -> Path:
+def draw(result: dict) -> None:
     """results/layers_<backbone>.png from the JSON: a line per method and the first method's random init."""
     runs = result["runs"]
     curves = [(name, list(r["stages"]), list(r["stages"].values())) for name, r in runs.items()]
@@ -66,4 +66,3 @@ def draw(result: dict) -> Path:
     curves.append(("random init", list(first["random_init"]), list(first["random_init"].values())))
     out = RESULTS / f"layers_{result['backbone']}.png"
     plot_layers(curves, out, f"linear probe per stage: {result['backbone']}, CIFAR-10, {result['steps']} steps")
-    return out.relative_to(ROOT)
