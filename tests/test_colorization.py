@@ -1,16 +1,25 @@
 """Colourisation: the L-channel encoder, the class rebalancing measured before the first step, the step's loss
-against a reference, the picture, and 2 processes vs 1."""
+against a reference, the outputs picture at every checkpoint, and 2 processes vs 1."""
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import selfsup
 from selfsup.backbones import build_backbone
 from selfsup.config import TrainConfig
-from selfsup.data.ops.ab import ab_histogram, near_grayscale, rebalance_weights, smooth_prior, soft_encode
+from selfsup.data.ops.ab import (
+    ab_histogram,
+    annealed_mean,
+    near_grayscale,
+    rebalance_weights,
+    smooth_prior,
+    soft_encode,
+)
 from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
-from selfsup.data.ops.lab import rgb_to_lab
+from selfsup.data.ops.lab import lab_to_rgb, rgb_to_lab
 from selfsup.data.views import augmented
+from selfsup.engine.build import build_method
 from selfsup.engine.epoch import Epoch
 from selfsup.losses.colour import colorization_loss
 from selfsup.methods import Batch
@@ -59,11 +68,31 @@ def test_the_loss_is_the_rebalanced_cross_entropy_against_soft_encoded_ab_at_a_q
     torch.testing.assert_close(loss, expected)
 
 
-def test_a_run_writes_the_colourised_test_images(tmp_path):
-    cfg = TrainConfig(method="colorization", data="shapes", batch_size=32, image_size=16, steps=2,
+def test_a_run_draws_the_colourised_test_images_at_every_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrainConfig(method="colorization", data="shapes", batch_size=32, image_size=16, epochs=2,
                       method_args=dict(decoder_dim=16))
-    selfsup.train(cfg, tmp_path / "run", show_progress=False, data=SHAPES)
-    assert (tmp_path / "run" / "colorized.png").stat().st_size > 1000
+    run = selfsup.train(cfg, tmp_path / "run", show_progress=False, data=SHAPES, evaluate=False)
+    picture = Image.open(tmp_path / "run" / "outputs.png")
+    assert picture.width > 8 * 16 and picture.height > 3 * 16  # 8 test images: originals, L, colourised
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0}).Reload()
+    steps = [e.step for e in events.Images("outputs")]
+    per_epoch = run.metrics["steps"] // 2
+    assert steps == [per_epoch, 2 * per_epoch]
+
+
+def test_outputs_are_the_annealed_mean_of_the_decoder_on_the_lightness():
+    m = build_method(TrainConfig(method="colorization", image_size=16, method_args=dict(decoder_dim=16)), 16, 0)
+    m.eval()
+    images = SHAPES.test.images[:4]
+    L_row, colour_row = m.outputs(images, torch.Generator())
+    lab = rgb_to_lab(resize(images, 16))
+    logits = m.decoder(m.backbone.forward_features((lab[:, :1] - 50) / 50), m.target_size)
+    ab = F.interpolate(annealed_mean(logits, m.bins, m.temperature), size=16, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(colour_row.images, lab_to_rgb(torch.cat([lab[:, :1], ab], 1)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(L_row.images, lab_to_rgb(torch.cat([lab[:, :1], torch.zeros_like(ab)], 1)),
+                               atol=1e-4, rtol=0)
 
 
 def test_two_processes_train_colourisation_like_one(tmp_path):

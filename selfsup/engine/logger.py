@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from selfsup.config import TrainConfig
@@ -102,6 +105,13 @@ class StepLogger:
         self.bar.update(self.window_steps)
         self._reset()
 
+    def picture(self, path: Path, picture: Image.Image, step: int) -> None:
+        """Write ``picture`` to ``path`` (whole: beside it, then renamed) and into TensorBoard at ``step``."""
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        picture.save(tmp, format="PNG")
+        os.replace(tmp, path)
+        self.writer.add_image(path.stem, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+
     def _write_row(self, row: dict) -> None:
         if self.fields is None:  # the first row of a run fixes the columns
             self.fields = [k for k in row if k not in LAST] + LAST
@@ -134,8 +144,6 @@ def _trim_csv(path: Path, step: int) -> list[str] | None:
 
 def summarise_tensorboard(out: Path, cfg: TrainConfig, metrics: dict, pictures: tuple[str, ...]) -> None:
     """The run's final scores as scalars and as TensorBoard hparams (with its config), and its pictures."""
-    import numpy as np
-    from PIL import Image
     from torch.utils.tensorboard import SummaryWriter
 
     scores = {k: v for k, v in metrics.items() if k.endswith("top1") and isinstance(v, float)}

@@ -12,16 +12,22 @@ import torch
 from torch.profiler import record_function
 
 from selfsup.config import TrainConfig
+from selfsup.data.ops.base import resize
 from selfsup.data.sources import Dataset
 from selfsup.distributed import all_reduce_mean, average_bn_statistics
 from selfsup.engine.batches import batches as step_batches
 from selfsup.engine.checkpoint import FILENAME, CheckpointWriter
 from selfsup.engine.epoch import Epoch
 from selfsup.engine.logger import StepLogger
+from selfsup.engine.runfolder import OUTPUTS
 from selfsup.engine.step import Stepper, autocast
 from selfsup.errors import TrainingDiverged
 from selfsup.evaluate import knn
+from selfsup.evaluate.pictures import draw_panels
 from selfsup.methods import Method
+from selfsup.methods.panels import Panel
+
+OUTPUTS_COUNT, OUTPUTS_SEED = 8, 0  # the test images and the seed of outputs.png
 
 
 def all_finite(method: Method, optimizers: dict[str, torch.optim.Optimizer], device: torch.device) -> bool:
@@ -81,6 +87,28 @@ class Loop:
             state=self.method.state_dict(), optimizers={n: o.state_dict() for n, o in self.optimizers.items()},
             sampling_weights=self.weights, baseline=self.baseline, train_seconds=self.logger.train_seconds,
             image_size=self.cfg.image_size, num_classes=self.data.num_classes, num_samples=len(self.data.pretrain)))
+        if not finished:  # the finished checkpoint holds the weights of the last one
+            self.draw_outputs(step)
+
+    def draw_outputs(self, step: int) -> None:
+        """Rank 0: :data:`OUTPUTS`, what :meth:`~selfsup.methods.base.Method.outputs` makes of the first test
+        images (the same images and seed every time), and the same picture in TensorBoard; nothing for methods
+        without outputs."""
+        split = self.data.test or self.data.pretrain
+        if not isinstance(split.images, torch.Tensor):
+            return
+        images = split.images[:OUTPUTS_COUNT].to(self.device)
+        method, was_training = self.method, self.method.training
+        method.eval()
+        try:
+            with torch.no_grad(), autocast(self.device):
+                panels = method.outputs(images, torch.Generator(self.device).manual_seed(OUTPUTS_SEED))
+        finally:
+            method.train(was_training)
+        if panels:
+            rows = [Panel("the images", resize(images, self.cfg.image_size)), *panels]
+            picture = draw_panels(rows, f"{self.cfg.method}: what the network makes of test images, step {step}")
+            self.logger.picture(self.out / OUTPUTS, picture, step)
 
     def diverged(self, what: str) -> None:
         self.logger.close()

@@ -13,7 +13,8 @@ from selfsup.engine.checkpoint import FILENAME, remove_partial_writes
 from selfsup.errors import UserError
 
 RUN_FILES = ("config.yaml", FILENAME, "metrics.csv", "metrics.json")
-PLOTS = ("tb", "loss.png", "embedding.png", "retrieval.png")
+OUTPUTS = "outputs.png"  # Method.outputs on fixed test images, redrawn at every checkpoint (engine.loop)
+PLOTS = ("tb", "loss.png", "embedding.png", "retrieval.png", OUTPUTS)
 LOCK = ".lock"
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from selfsup.errors import UserError
+
+if TYPE_CHECKING:
+    from selfsup.methods.panels import Panel
 
 MIN_CELL = 96  # default enlargement: the smallest whole factor that makes an image at least this many pixels wide
 FONT_SIZE = 11
@@ -94,4 +98,20 @@ def image_grid(images: torch.Tensor, nrow: int, title: str | None = None, labels
         text = _fit(str(text), font, w * scale)
         left = pad + c * cell_w + (w * scale - font.getlength(text)) / 2
         draw.text((left, banner + pad + r * cell_h + h * scale + 2), text, fill=(0, 0, 0), font=font)
+    return picture
+
+
+def draw_panels(panels: Sequence[Panel], title: str) -> Image.Image:
+    """The panels one under the other, each a titled row with its captions, under ``title``."""
+    rows = [image_grid(p.images.detach().float().cpu().clamp(0, 1), nrow=len(p.images), title=p.title,
+                       labels=None if p.captions is None else [str(c) for c in p.captions]) for p in panels]
+    font = ImageFont.load_default(size=FONT_SIZE + 2)
+    head = font.getbbox("Ag")[3] + 8
+    width, height = max(r.width for r in rows), head + sum(r.height + 6 for r in rows)
+    picture = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(picture).text((4, 3), title, fill=(0, 0, 0), font=font)
+    y = head
+    for r in rows:
+        picture.paste(r, (0, y))
+        y += r.height + 6
     return picture

@@ -12,7 +12,8 @@ sum is minimised) from pure functions of :mod:`selfsup.losses`. What else a meth
 - **dynamics**: ``after_step`` after every step (EMA targets, queues, banks), ``on_epoch_start(ctx)`` at the
   start of every epoch, also after a resume (re-clustering, filling a bank; see :class:`EpochContext`);
 - **the encoder that is evaluated** (:meth:`Method.encoder`): the backbone on RGB by default;
-- **what ``selfsup views`` shows** (:meth:`Method.views`): the network's inputs and targets for a few images.
+- **what ``selfsup views`` shows** (:meth:`Method.views`): the network's inputs and targets for a few images;
+- **what it makes of fixed test images** (:meth:`Method.outputs`): ``outputs.png``, redrawn at every checkpoint.
 """
 
 from __future__ import annotations
@@ -142,6 +143,14 @@ class Method(nn.Module):
         (``selfsup views``). The default: two augmented views of every image, as joint-embedding methods train."""
         first, second = augmented(batch.images, self.aug, self.image_size, batch.generator, n=2).chunk(2)
         return [Panel("view 1", first), Panel("view 2 (the positive)", second)]
+
+    @torch.no_grad()
+    def outputs(self, images: torch.Tensor, generator: torch.Generator) -> list[Panel]:
+        """What the network makes of fixed test images (``images``: uint8 on the device), as rows of ``outputs.png``:
+        inputs, targets and outputs (noised / clean / denoised, masked / inpainted, samples / reconstructions).
+        Drawn in eval mode at every checkpoint and after training, also into TensorBoard; ``generator`` is seeded
+        the same every time, so that the rows of successive checkpoints compare. Default: none (no picture)."""
+        return []
 
     def encoder(self) -> nn.Module:
         """The network that evaluation, ``embed``, ``export`` and ``retrieve`` use: it maps ImageNet-normalised

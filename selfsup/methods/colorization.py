@@ -3,8 +3,6 @@ Isola, Efros, "Colorful Image Colorization", ECCV 2016)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,9 +20,7 @@ from selfsup.data.ops.ab import (
 )
 from selfsup.data.ops.base import resize
 from selfsup.data.ops.lab import lab_to_rgb, rgb_to_lab
-from selfsup.data.sources import Dataset
 from selfsup.data.views import augmented, device_layout
-from selfsup.evaluate.pictures import save_image_grid
 from selfsup.heads.decoder import ConvDecoder
 from selfsup.losses.colour import colorization_loss
 from selfsup.methods.base import Batch, EpochContext, Method
@@ -39,7 +35,7 @@ class Colorization(Method):
     5); the loss reweights rare colours by ``((1 - rebalance) prior + rebalance / Q)^-1`` with the prior
     measured on the training set before the first step (lambda 0.5); near-grayscale images add nothing. Crops
     and flips only: colour augmentation would falsify the targets. The evaluated encoder is the backbone on the
-    L channel of its input; ``colorized.png`` shows test images, their L channel and the annealed-mean
+    L channel of its input; ``outputs.png`` shows test images, their L channel and the annealed-mean
     colourisation (T = ``temperature``, 0.38).
     """
 
@@ -47,7 +43,6 @@ class Colorization(Method):
     paper = "Zhang, Isola, Efros, Colorful Image Colorization, ECCV 2016"
     in_channels = 1
     augment_defaults = {"crop_scale": (0.5, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
-    pictures = ("colorized.png",)
 
     def __init__(self, *args, grid: float = 10.0, gamut: bool = True, neighbours: int = 5, sigma: float = 5.0,
                  rebalance: float = 0.5, temperature: float = 0.38, target_stride: int = 4, decoder_dim: int = 256,
@@ -101,22 +96,12 @@ class Colorization(Method):
         return InputEncoder(Lightness(), self.backbone)
 
     @torch.no_grad()
-    def report(self, out: Path, data: Dataset) -> dict[str, float]:
-        """``colorized.png``: 8 test images (rows: original, its L channel, the annealed-mean colourisation)."""
-        images = (data.test or data.pretrain).images[:8]
-        was_training = self.training
-        self.eval()
-        try:
-            rgb = resize(images.to(self.bins.device), self.image_size)
-            lightness, _ = self._lab(rgb)
-            logits = self.decoder(feature_map(self.backbone, device_layout(lightness)), self.target_size)
-            ab = F.interpolate(annealed_mean(logits, self.bins, self.temperature), size=self.image_size,
-                               mode="bilinear", align_corners=False)
-            L = lightness * 50.0 + 50.0
-            colour = lab_to_rgb(torch.cat([L, ab], 1))
-            gray = lab_to_rgb(torch.cat([L, torch.zeros_like(ab)], 1))
-        finally:
-            self.train(was_training)
-        save_image_grid(torch.cat([rgb, gray, colour]).cpu(), out / "colorized.png", nrow=len(images),
-                        title=f"{self.name}: originals, L channel, colourised (annealed mean, T={self.temperature})")
-        return {}
+    def outputs(self, images: torch.Tensor, generator: torch.Generator) -> list[Panel]:
+        """Rows of ``outputs.png``: the L channel of the test images and their annealed-mean colourisation."""
+        lightness, _ = self._lab(resize(images, self.image_size))
+        logits = self.decoder(feature_map(self.backbone, device_layout(lightness)), self.target_size)
+        ab = F.interpolate(annealed_mean(logits.float(), self.bins, self.temperature), size=self.image_size,
+                           mode="bilinear", align_corners=False)
+        L = lightness.float() * 50.0 + 50.0
+        return [Panel("the network's input: L", lab_to_rgb(torch.cat([L, torch.zeros_like(ab)], 1))),
+                Panel(f"its colourisation (annealed mean, T={self.temperature})", lab_to_rgb(torch.cat([L, ab], 1)))]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from selfsup.config import TrainConfig
 from selfsup.data import load_data
@@ -16,7 +15,7 @@ from selfsup.engine.batches import epoch_order, seed_for
 from selfsup.engine.build import build_method, resolve_config
 from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
-from selfsup.evaluate.pictures import FONT_SIZE, image_grid
+from selfsup.evaluate.pictures import draw_panels
 from selfsup.methods import Batch
 from selfsup.methods.panels import Panel
 
@@ -46,22 +45,6 @@ def method_views(cfg: TrainConfig, count: int = 8, data: Dataset | None = None) 
     names = [pretrain.classes[i] for i in labels.tolist()] if labels is not None and pretrain.classes else None
     original = Panel(f"the images ({cfg.data}, {cfg.image_size} px)", resize(images, cfg.image_size), names)
     return [original, *panels], cfg
-
-
-def draw_panels(panels: list[Panel], title: str) -> Image.Image:
-    """The panels one under the other, each a titled row with its captions, under ``title``."""
-    rows = [image_grid(p.images.detach().float().cpu().clamp(0, 1), nrow=len(p.images), title=p.title,
-                       labels=None if p.captions is None else [str(c) for c in p.captions]) for p in panels]
-    font = ImageFont.load_default(size=FONT_SIZE + 2)
-    head = font.getbbox("Ag")[3] + 8
-    width, height = max(r.width for r in rows), head + sum(r.height + 6 for r in rows)
-    picture = Image.new("RGB", (width, height), "white")
-    ImageDraw.Draw(picture).text((4, 3), title, fill=(0, 0, 0), font=font)
-    y = head
-    for r in rows:
-        picture.paste(r, (0, y))
-        y += r.height + 6
-    return picture
 
 
 def save_views(cfg: TrainConfig, out: str | Path, count: int = 8, data: Dataset | None = None) -> Path:
