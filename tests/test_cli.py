@@ -182,7 +182,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.stderr.strip() == f"selfsup: error: unknown method 'nope'; choose one of: {', '.join(METHODS)}"
 
 
-def test_eval_of_several_runs_shows_each_next_to_its_own_random_init_with_its_backbone(tmp_path, capsys):
+def test_eval_of_several_runs_shows_each_next_to_its_own_random_init_and_rescaled_with_its_backbone(tmp_path, capsys):
     for name, backbone in (("a", "small"), ("b", "nin")):
         assert main(["train", "--steps", "2", "--image-size", "8", "--backbone", backbone, "--no-eval", "--quiet",
                      "--out", str(tmp_path / name)]) == 0
@@ -191,8 +191,9 @@ def test_eval_of_several_runs_shows_each_next_to_its_own_random_init_with_its_ba
                  "--data", "digits"]) == 0
     out = capsys.readouterr()
     rows = [line for line in out.out.splitlines() if "px" in line]
-    assert [r.split()[0] for r in rows] == ["simclr", "random", "simclr", "random"]
-    assert "small, 8 px" in rows[0] and "small, 8 px" in rows[1] and "nin, 8 px" in rows[2] and "nin" in rows[3]
+    assert [" ".join(r.split()[:2]) for r in rows] == ["simclr (a)", "random init", "random rescaled", "simclr (b)",
+                                                        "random init", "random rescaled"]
+    assert all("small, 8 px" in r for r in rows[:3]) and all("nin, 8 px" in r for r in rows[3:])
     assert "knn: simclr (b) (nin, 8 px)" in out.err  # a line per row while it works
 
 
@@ -208,8 +209,9 @@ def test_eval_layers_draws_a_curve_per_run_and_per_random_init(tmp_path, capsys,
     assert main(["eval", "layers", "--checkpoint", str(tmp_path / "a"), "--data", "digits", "--plot",
                  str(tmp_path / "layers.png")]) == 0
     table = [line.split() for line in capsys.readouterr().out.splitlines() if "px" in line]
-    (run, stages, values), (lower, lower_stages, lower_values) = drawn["curves"]
+    (run, stages, values), (lower, lower_stages, lower_values), (rescaled, *_) = drawn["curves"]
     assert run == "simclr (a)" and lower == "simclr (a): random init" and stages == lower_stages
+    assert rescaled == "simclr (a): random rescaled"
     assert [f"{v * 100:.1f}" for v in values] == table[0][-len(stages):]  # the plotted values are the table's
     assert [f"{v * 100:.1f}" for v in lower_values] == table[1][-len(stages):]
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"

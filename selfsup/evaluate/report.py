@@ -77,10 +77,14 @@ def plot_embedding(features: torch.Tensor, labels: torch.Tensor, out: Path, clas
     plt.close(fig)
 
 
+#: the lower bounds' labels and line styles
+LOWER_BOUNDS = {"random init": "--", "random rescaled": ":"}
+
+
 def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, title: str = "") -> None:
     """The per-layer story as the seeds draw it: linear-probe top-1 against depth, one line per run (``label``,
-    its stage names, its scores in [0, 1]); runs labelled ``... random init`` are dashed lower bounds (in the
-    colour of the run before them; grey when the label is just ``random init``)."""
+    its stage names, its scores in [0, 1]); runs labelled ``... random init`` (dashed) or ``... random rescaled``
+    (dotted) are lower bounds, in the colour of the run before them (grey when the label is just the bound's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,10 +93,10 @@ def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, tit
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colours, colour = iter(plt.get_cmap("tab10").colors * 3), None
     for label, _, values in curves:
-        lower = label.endswith("random init")  # "RUN: random init" in the run's colour, a lone one grey
-        colour = "grey" if label == "random init" else colour if lower and colour is not None else next(colours)
-        ax.plot(range(1, len(values) + 1), [v * 100 for v in values], marker="o", ls="--" if lower else "-",
-                color=colour, alpha=0.6 if lower else 1.0, label=label)
+        bound = next((b for b in LOWER_BOUNDS if label.endswith(b)), None)  # "RUN: random init": the run's colour
+        colour = "grey" if label == bound else colour if bound and colour is not None else next(colours)
+        ax.plot(range(1, len(values) + 1), [v * 100 for v in values], marker="o", ls=LOWER_BOUNDS.get(bound, "-"),
+                color=colour, alpha=0.6 if bound else 1.0, label=label)
     longest = max(curves, key=lambda c: len(c[1]))[1]
     ax.set_xticks(range(1, len(longest) + 1), longest, rotation=30 if len(longest) > 6 else 0)
     ax.set_xlabel("stage (input -> output)")
