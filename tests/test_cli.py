@@ -217,3 +217,72 @@ def test_eval_layers_draws_a_curve_per_run_and_per_random_init(tmp_path, capsys,
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
     assert_one_line_error(capsys, ["eval", "knn", "--checkpoint", str(tmp_path / "a"), "--data", "digits", "--plot",
                                    str(tmp_path / "k.png")], "--plot draws the per-stage curves")
+
+
+def tiny_run(tmp_path, monkeypatch) -> str:
+    """A 2-step run of a quarter-width small convnet on 8 px digits; its random rescaled row keeps its random init
+    (rescaling is tested in test_rescale.py and takes seconds)."""
+    from selfsup.evaluate import rescale
+
+    monkeypatch.setattr(rescale, "random_rescaled", lambda net, *args, **kwargs: net)
+    (tmp_path / "tiny.yaml").write_text("backbone_args: {width: 0.25}\n")
+    run = str(tmp_path / "a")
+    assert main(["train", "--config", str(tmp_path / "tiny.yaml"), "--steps", "2", "--image-size", "8", "--no-eval",
+                 "--quiet", "--out", run]) == 0
+    return run
+
+
+def test_eval_few_label_shows_each_fraction_for_each_run_and_its_lower_bounds_and_refuses_bad_subsets(tmp_path, capsys,
+                                                                                                       monkeypatch):
+    run = tiny_run(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["eval", "few-label", "--checkpoint", run, "--data", "digits", "--fraction", "0.02,0.05", "--draws",
+                 "2", "--finetune", "--epochs", "1"]) == 0
+    out = capsys.readouterr()
+    rows = [line.split() for line in out.out.splitlines() if "px" in line]
+    assert [(" ".join(r[:2]), r[-10]) for r in rows] == [("simclr (a)", "2%"), ("simclr (a)", "5%"),
+                                                          ("random init", "2%"), ("random init", "5%"),
+                                                          ("random rescaled", "2%"), ("random rescaled", "5%")]
+    assert all(r.count("±") == 3 for r in rows), out.out  # kNN, linear, fine-tune: mean ± std over 2 draws
+    assert "mean ± std over 2 class-balanced draws" in out.out and "draw 2 of 2" in out.err
+    base = ["eval", "few-label", "--checkpoint", run, "--data", "digits"]
+    assert_one_line_error(capsys, base + ["--fraction", "0"], "must be fractions in (0, 1]")
+    assert_one_line_error(capsys, base + ["--fraction", "1.5"], "must be fractions in (0, 1]")
+    assert_one_line_error(capsys, base + ["--fraction", "0.001"], "--fraction 0.001 leaves class")
+    assert_one_line_error(capsys, base + ["--draws", "0"], "argument --draws: must be a positive integer")
+    assert_one_line_error(capsys, base + ["--fraction", "0.1", "--per-class", "3"], "not allowed with argument")
+    flat = tmp_path / "flat"
+    write_images(flat, 10)
+    assert_one_line_error(capsys, ["eval", "few-label", "--checkpoint", run, "--data", str(flat)],
+                          "has no labeled train and test splits")
+
+
+def test_eval_finetune_reports_top1_and_draws_a_curve_per_row(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    finetune_module = importlib.import_module("selfsup.evaluate.finetune")  # the package's name is the function
+    run = tiny_run(tmp_path, monkeypatch)
+    drawn = {}
+    real = finetune_module.plot_curves
+    monkeypatch.setattr(finetune_module, "plot_curves", lambda curves, out, title: drawn.update(curves=curves) or
+                        real(curves, out, title))
+    capsys.readouterr()
+    assert main(["eval", "finetune", "--checkpoint", run, "--data", "digits", "--epochs", "2", "--lr", "0.1",
+                 "--plot", str(tmp_path / "curve.png")]) == 0
+    out = capsys.readouterr()
+    table = [line.split() for line in out.out.splitlines() if "px" in line]
+    assert [" ".join(r[:2]) for r in table] == ["simclr (a)", "random init", "random rescaled"]
+    names = [name for name, _ in drawn["curves"]]
+    assert names == ["simclr (a)", "simclr (a): random init", "simclr (a): random rescaled"]
+    assert all(len(curve) == 2 for _, curve in drawn["curves"])
+    assert [f"{c[-1] * 100:.1f}" for _, c in drawn["curves"]] == [r[-1] for r in table]  # the table's last epoch
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "epoch 2/2: train loss" in out.err
+    assert main(["eval", "finetune", "--checkpoint", run, "--data", "digits", "--epochs", "1", "--init",
+                 "random"]) == 0
+    assert [line.split()[:4] for line in capsys.readouterr().out.splitlines() if "px" in line] == [
+        ["simclr", "(a):", "random", "init"]]
+    assert_one_line_error(capsys, ["eval", "finetune", "--checkpoint", run, "--data", "digits", "--init", "best"],
+                          "invalid choice: 'best'")
+    assert_one_line_error(capsys, ["eval", "finetune", "--checkpoint", run, "--data", "digits", "--plot",
+                                   str(tmp_path / "c.pdf")], "--plot draws the fine-tuning curves into a .png")

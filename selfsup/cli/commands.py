@@ -123,35 +123,19 @@ def run_views(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from selfsup import evaluate
     from selfsup.backbones import stage_names
-    from selfsup.data import load_data
-    from selfsup.engine.build import method_from_checkpoint
+    from selfsup.cli.evaluations import eval_rows, run_few_label, run_finetune
     from selfsup.engine.trainer import resolve_device
     from selfsup.evaluate.report import format_table
-    from selfsup.evaluate.rescale import random_rescaled
 
     device = resolve_device(args.device)
-    if args.protocol == "fid":
-        return run_fid(args, device)
+    protocols = {"fid": run_fid, "few-label": run_few_label, "finetune": run_finetune}
+    if args.protocol in protocols:
+        return protocols[args.protocol](args, device)
     if args.plot and (args.protocol != "layers" or Path(args.plot).suffix.lower() != ".png"):
         raise UserError("--plot draws the per-stage curves of 'eval layers' into a .png file")
-    rows, datasets = [], {}
-    for path in args.checkpoint:  # every run next to its own random init and random rescaled (same seed)
-        method, ckpt = method_from_checkpoint(path)
-        cfg, size = ckpt["config"], ckpt["image_size"]
-        random, rescaled = (method_from_checkpoint(path, trained=False)[0].encoder() for _ in range(2))
-        label = f"{cfg['method']} ({Path(path).resolve().name})"
-        if size not in datasets:
-            datasets[size] = load_data(args.data, size, args.download)
-            if not datasets[size].evaluable:
-                raise UserError(f"'{args.data}' has no labeled train and test splits to evaluate on")
-        random_rescaled(rescaled, datasets[size].train.images, size)
-        rows += [(label, label, cfg["backbone"], size, method.encoder()),
-                 ("  random init", f"{label}: random init", cfg["backbone"], size, random),
-                 ("  random rescaled", f"{label}: random rescaled", cfg["backbone"], size, rescaled)]
     tables: dict[tuple, list] = {}
     curves: list[tuple[str, list[str], list[float]]] = []
-    for label, curve, backbone, size, encoder in rows:
-        data = datasets[size]
+    for label, curve, backbone, size, encoder, data in eval_rows(args):  # each run, its random init and rescaled
         _note(f"{args.protocol}: {label.strip()} ({backbone}, {size} px) on {len(data.train)} + {len(data.test)} "
               f"images ...")
         kw = dict(image_size=size, device=device)

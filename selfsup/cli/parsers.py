@@ -77,17 +77,32 @@ def _train_parser(sub) -> None:
 
 
 def _eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate checkpoints: knn, linear, or per-layer linear probes",
-                       description="Evaluate frozen backbones on a labeled train/test split. Every table also "
-                                   "shows the same backbone at random init (the lower bound).")
-    p.add_argument("protocol", choices=["knn", "linear", "layers", "fid"],
+    p = sub.add_parser("eval", help="evaluate checkpoints: knn, linear, per-layer probes, few labels, fine-tuning",
+                       description="Evaluate backbones on a labeled train/test split. Every table also "
+                                   "shows the same backbone at random init and random rescaled (the lower bounds).")
+    p.add_argument("protocol", choices=["knn", "linear", "layers", "fid", "few-label", "finetune"],
                    help="knn: weighted kNN (k=200, T=0.1); linear: linear probe; layers: linear probe per stage; "
-                        "fid: sample quality of a generative run (ssgan) against the test images")
+                        "fid: sample quality of a generative run (ssgan) against the test images; few-label: kNN "
+                        "and linear probe trained on class-balanced subsets of the train labels; finetune: the "
+                        "whole network with a new linear head, trained on the train labels")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fraction", type=_fractions, help="few-label: fractions of every class's train labels, "
+                                                       "comma-separated (default 0.01,0.1)")
+    g.add_argument("--per-class", type=_positive, help="few-label: this many train labels per class instead")
+    p.add_argument("--draws", type=_positive, default=3,
+                   help="few-label: subsets drawn per fraction, seeds 0..N-1 (default 3; the table: mean ± std)")
+    p.add_argument("--finetune", action="store_true", help="few-label: also fine-tune on every subset")
+    p.add_argument("--epochs", type=_positive, help="fine-tuning epochs (default 30)")
+    p.add_argument("--lr", type=float, help="fine-tuning: the head's peak learning rate (default 0.05)")
+    p.add_argument("--backbone-lr", type=float, help="fine-tuning: the backbone's (default lr / 10; 0 freezes it)")
+    p.add_argument("--init", action="append", choices=["pretrained", "random", "rescaled"],
+                   help="finetune: the rows to fine-tune (repeatable; default all three)")
     p.add_argument("--features", help="fid: the network whose features compare real and generated images: a run "
                                       "folder / checkpoint of this project, or inception:PATH (torchvision "
                                       "Inception-v3 weights; only these give FIDs comparable to papers)")
     p.add_argument("--plot", metavar="FILE.png", help="layers: also draw top-1 against depth, a line per run and "
-                                                      "a dashed one per random init")
+                                                      "a dashed one per random init; finetune: test top-1 against "
+                                                      "epoch, a line per row")
     p.add_argument("--samples", type=_positive, default=10_000, help="fid: images of each kind (default 10000)")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run folder or checkpoint.pt; repeat to compare several in one table")
@@ -101,6 +116,18 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {value})")
     return int(value)
+
+
+def _fractions(value: str) -> list[float]:
+    """argparse type: comma-separated fractions in (0, 1]."""
+    try:
+        fractions = [float(v) for v in value.split(",")]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise argparse.ArgumentTypeError(f"must be fractions in (0, 1] separated by commas, e.g. 0.01,0.1 "
+                                         f"(got {value})")
+    return fractions
 
 
 def _checkpoint_arg(p: argparse.ArgumentParser) -> None:

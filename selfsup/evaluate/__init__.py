@@ -2,24 +2,28 @@
 
 Every function takes any backbone ``nn.Module`` and two labeled :class:`~selfsup.data.ImageSet`
 splits, e.g. ``selfsup.evaluate.knn(run.encoder, data.train, data.test)``; images are resized to the size the
-encoder was trained at (or ``image_size``).
+encoder was trained at (or ``image_size``). :func:`finetune` trains the whole network with a new head, and
+:func:`few_label` scores probes (and fine-tuning) on class-balanced subsets of the train labels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from selfsup.backbones import stage_names
 from selfsup.data.sources import ImageSet
+from selfsup.errors import UserError
 from selfsup.evaluate.features import MAX_STAGE_DIM, extract_features
+from selfsup.evaluate.finetune import finetune
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_top1
+from selfsup.evaluate.subsets import few_label_indices, few_label_subsets, subset
 
-__all__ = ["extract_features", "knn", "knn_top1", "layers", "linear", "linear_top1", "probe", "scores",
-           "trained_size"]
+__all__ = ["extract_features", "few_label", "few_label_indices", "few_label_subsets", "finetune", "knn", "knn_top1",
+           "layers", "linear", "linear_top1", "probe", "scores", "subset", "trained_size"]
 
 
 def trained_size(encoder: nn.Module) -> int | None:
@@ -78,4 +82,31 @@ def layers(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: 
         if progress:
             progress(f"linear probe on {name} ({a.shape[1]} features)")
         out[name] = linear_top1(a, train.labels, b, test.labels)
+    return out
+
+
+def few_label(backbone: nn.Module, train: ImageSet, test: ImageSet, *, fractions: Sequence[float] | None = None,
+              per_class: int | None = None, draws: int = 3, finetune_args: dict | None = None,
+              image_size: int | None = None, device: str | torch.device | None = None, k: int = 200,
+              temperature: float = 0.1, progress: Callable[[str], None] | None = None) -> dict[str, dict[str, list]]:
+    """The semi-supervised view (Zhai et al., ICCV 2019; Chen et al., ICML 2020): kNN and linear-probe top-1 on the
+    whole test split of classifiers trained on class-balanced subsets of the train split (each class's ``fractions``,
+    default 1% and 10%, or ``per_class`` images), one subset per draw (seeds ``0 .. draws - 1``); with
+    ``finetune_args`` (a dict of :func:`finetune` options, ``{}`` for its defaults) also fine-tuning on each.
+    Returns ``{"1%": {"knn_top1": [a score per draw], "linear_top1": [...], ("finetune_top1": [...])}, ...}``."""
+    if not (train.labeled and test.labeled):
+        raise UserError("few-label evaluation needs labeled train and test images")
+    subsets = few_label_subsets(train.labels, fractions, per_class, draws, train.classes)
+    ftr, fte = _features(backbone, train, test, image_size, device)
+    out: dict[str, dict[str, list]] = {}
+    for name, draws_of in subsets.items():
+        res = out[name] = {"knn_top1": [], "linear_top1": []} | ({} if finetune_args is None else {"finetune_top1": []})
+        for seed, idx in enumerate(draws_of):
+            if progress:
+                progress(f"{name}: {len(idx)} labeled images, draw {seed + 1} of {draws}")
+            for key, v in scores(ftr[idx], train.labels[idx], fte, test.labels, k, temperature).items():
+                res[key].append(v)
+            if finetune_args is not None:
+                res["finetune_top1"].append(finetune(backbone, subset(train, idx), test, image_size=image_size,
+                                                     device=device, seed=seed, **finetune_args)["top1"])
     return out

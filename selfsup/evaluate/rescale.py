@@ -76,10 +76,11 @@ def rescale_within(net: nn.Module, images: torch.Tensor, eps: float = 1e-5) -> N
             layer.bias.sub_(mean).div_(std)
 
 
-def rate_ratios(net: nn.Module, images: torch.Tensor, directions: int = 4, seed: int = 0) -> torch.Tensor:
-    """``R_k = sqrt(E |dL/dW_k|^2) / |W_k|`` for every unit, L = <net(images), g> with ``directions`` random Gaussian
-    directions g per image (the same for a given seed)."""
-    layers = [layer for layer, _ in units(net, images)]
+def rate_ratios(net: nn.Module, images: torch.Tensor, directions: int = 2, seed: int = 0,
+                layers: list[nn.Module] | None = None) -> torch.Tensor:
+    """``R_k = sqrt(E |dL/dW_k|^2) / |W_k|`` for every unit (or ``layers``), L = <net(images), g> with ``directions``
+    random Gaussian directions g per image (the same for a given seed)."""
+    layers = layers if layers is not None else [layer for layer, _ in units(net, images)]
     generator = torch.Generator().manual_seed(seed)
     squares = torch.zeros(len(layers), dtype=torch.float64)
     for _ in range(directions):
@@ -108,8 +109,9 @@ def rescale_between(net: nn.Module, images: torch.Tensor, iterations: int = 10, 
     """Algorithm 2 in place (eval mode): equalise the units' rates of change, ``iterations`` damped steps."""
     net.eval()
     pairs = units(net, images)
+    layers = [layer for layer, _ in pairs]
     for _ in range(iterations):
-        ratios = rate_ratios(net, images)
+        ratios = rate_ratios(net, images, layers=layers)
         scales = (ratios / ratios.log().mean().exp()).pow(alpha / 2)
         cumulative = 1.0
         for (layer, norm), r in zip(pairs, scales.tolist(), strict=True):
@@ -117,7 +119,7 @@ def rescale_between(net: nn.Module, images: torch.Tensor, iterations: int = 10, 
             _scale(layer, norm, r, cumulative)
 
 
-def random_rescaled(net: nn.Module, images: torch.Tensor, image_size: int, count: int = 256, iterations: int = 10,
+def random_rescaled(net: nn.Module, images: torch.Tensor, image_size: int, count: int = 128, iterations: int = 10,
                     device: torch.device | str | None = None) -> nn.Module:
     """``net`` (a random network) rescaled in place within and between layers on the first ``count`` of ``images``
     (uint8, a training set's) as evaluation shows them (resized to ``image_size``, normalised); returns it."""
