@@ -258,13 +258,12 @@ def test_eval_few_label_shows_each_fraction_for_each_run_and_its_lower_bounds_an
 
 
 def test_eval_finetune_reports_top1_and_draws_a_curve_per_row(tmp_path, capsys, monkeypatch):
-    import importlib
+    from selfsup.evaluate import report
 
-    finetune_module = importlib.import_module("selfsup.evaluate.finetune")  # the package's name is the function
     run = tiny_run(tmp_path, monkeypatch)
     drawn = {}
-    real = finetune_module.plot_curves
-    monkeypatch.setattr(finetune_module, "plot_curves", lambda curves, out, title: drawn.update(curves=curves) or
+    real = report.plot_curves
+    monkeypatch.setattr(report, "plot_curves", lambda curves, out, title: drawn.update(curves=curves) or
                         real(curves, out, title))
     capsys.readouterr()
     assert main(["eval", "finetune", "--checkpoint", run, "--data", "digits", "--epochs", "2", "--lr", "0.1",

@@ -13,7 +13,8 @@ from selfsup.data.views import augmented, prepare
 from selfsup.errors import UserError
 from selfsup.evaluate import finetune
 from selfsup.evaluate.features import extract_features
-from selfsup.evaluate.finetune import finetune_augment, plot_curves
+from selfsup.evaluate.finetune import finetune_augment
+from selfsup.evaluate.report import plot_curves
 
 
 @pytest.fixture(scope="module")

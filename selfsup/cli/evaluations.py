@@ -119,7 +119,7 @@ def run_finetune(args: argparse.Namespace, device: torch.device) -> int:
         table.append([row.label, f"{row.backbone}, {row.size} px", result["top1"]])
         curves.append((row.name, result["curve"]))
     if args.plot:
-        from selfsup.evaluate.finetune import plot_curves
+        from selfsup.evaluate.report import plot_curves
 
         plot_curves(curves, Path(args.plot), f"fine-tuning on {Path(args.data).name}")
     print(format_table(["run", "backbone", "fine-tune top-1 %"], table))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -127,29 +126,3 @@ def finetune(encoder: nn.Module, train: ImageSet, test: ImageSet, *, epochs: int
             progress(f"epoch {epoch + 1}/{epochs}: train loss {loss_sum.item() / len(train):.3f}, test top-1 "
                      f"{curve[-1] * 100:.1f}%")
     return {"top1": curve[-1], "curve": curve}
-
-
-def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "") -> None:
-    """Test top-1 against epoch, one line per run (``label``, its per-epoch scores in [0, 1]): pretrained vs from
-    scratch as the seeds compare them; labels ending in a lower bound of
-    :data:`~selfsup.evaluate.report.LOWER_BOUNDS` (random init, random rescaled) are drawn in its line style."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from selfsup.evaluate.report import LOWER_BOUNDS
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, values in curves:
-        bound = next((b for b in LOWER_BOUNDS if label.endswith(b)), None)
-        ax.plot(range(1, len(values) + 1), [v * 100 for v in values], marker="o" if len(values) < 30 else None,
-                ls=LOWER_BOUNDS.get(bound, "-"), label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 %")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(title or "fine-tuning")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)

@@ -99,11 +99,35 @@ def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, tit
                 color=colour, alpha=0.6 if bound else 1.0, label=label)
     longest = max(curves, key=lambda c: len(c[1]))[1]
     ax.set_xticks(range(1, len(longest) + 1), longest, rotation=30 if len(longest) > 6 else 0)
-    ax.set_xlabel("stage (input -> output)")
-    ax.set_ylabel("linear probe top-1 %")
+    _save(fig, ax, out, "stage (input -> output)", "linear probe top-1 %", title or "linear probe per stage")
+
+
+def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "") -> None:
+    """Test top-1 against epoch, one line per run (``label``, its per-epoch scores in [0, 1]): pretrained vs from
+    scratch as the seeds compare them; labels ending in a lower bound of :data:`LOWER_BOUNDS` (random init, random
+    rescaled) are drawn in its line style."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, values in curves:
+        bound = next((b for b in LOWER_BOUNDS if label.endswith(b)), None)
+        ax.plot(range(1, len(values) + 1), [v * 100 for v in values], marker="o" if len(values) < 30 else None,
+                ls=LOWER_BOUNDS.get(bound, "-"), label=label)
+    _save(fig, ax, out, "epoch", "test top-1 %", title or "fine-tuning")
+
+
+def _save(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, grid, legend and title ``ax``, write ``fig`` to ``out`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title(title or "linear probe per stage")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
