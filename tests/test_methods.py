@@ -16,8 +16,9 @@ DIGITS = load_data("digits")
 #: trail random ones on digits at any short budget tried (kNN 72-75% vs 84-88%, 100-150 steps, tiles at native
 #: size or 16 px, 100 or 1,000 permutations, wider gaps): its smoke run uses corners, whose classes are
 #: arrangements of the same strokes
-DATA = {"colorization": colour_shapes, "jigsaw": corner_shapes, "damaged-jigsaw": corner_shapes,
-        "counting": corner_shapes, "context": corner_shapes}
+DATA = {"colorization": colour_shapes, "split-brain": colour_shapes, "jigsaw": corner_shapes,
+        "damaged-jigsaw": corner_shapes, "counting": corner_shapes, "context": corner_shapes,
+        "mae": colour_shapes}
 
 #: a short budget per method that is enough on digits (small convnet) for its kNN to beat random init, which is
 #: already ~82% on 8x8 digits. RotNet's rotation features need the longest run to get there.
@@ -39,6 +40,9 @@ SMOKE = {
     "supcon": dict(steps=100, image_size=8),
     "triplet": dict(steps=100, image_size=8),
     "colorization": dict(steps=60, image_size=16, batch_size=64, method_args=dict(decoder_dim=64)),
+    # colour shapes as colourisation (digits are grey: no ab to predict from or to): 96.0% vs 90.0% random init after
+    # 30 steps (measured; 95.0% after 60)
+    "split-brain": dict(steps=30, image_size=16, batch_size=64, method_args=dict(decoder_dim=64)),
     "jigsaw": dict(steps=100, image_size=24, batch_size=64),
     # NOT above random init yet (measured, kNN vs random init): corners 24 px, 100-300 steps, batch 64: 69-70% vs
     # 79% (rate 0.03, 0.01); 6 px patches 74-77%; a linear head 70-77%; at 32 px 75% vs 81%; digits 69-77% vs 86-88%
@@ -56,6 +60,26 @@ SMOKE = {
     # stayed below random init after 100 steps (77-80% vs 82-84%, measured)
     "exemplar": dict(steps=100, image_size=8, method_args=dict(seeds=100, patch_min=0.75, patch_max=1.0)),
     "decoupling": dict(steps=100, image_size=8),
+    # at 8 px the small trunk's last map is 1 x 1: a bottleneck autoencoder. Masking 25% (the default), its Adam:
+    # 89.8% vs 82.0% random init (SGD 0.06: 88.9%; a decoder of 64 channels 83.6%; 16 px: 85.8-87.3% vs 83.8%)
+    "dae": dict(steps=100, image_size=8),
+    # x4 at 16 px (digits are 8 px: the input is their 4 x 4 version): 89.1% vs 83.8% random init after 60 steps
+    # at batch 64 (its Adam; SGD 0.06 at batch 128, 100 steps: 88.0%). At 8 px (2 x 2 inputs) 76-82% vs 82%
+    "super-resolution": dict(steps=60, image_size=16, batch_size=64),
+    # CPC's 7 x 7 grid of 4 px patches at 16 px: 88.2% vs 84.7% random init after 60 steps (100: 88.7%). Measured
+    # otherwise: colour dropping (the default) on grey digits 85.8% (batch 64, 3 offsets), a half-width trunk 82% vs
+    # 86%, a 3 x 3 grid of 8 px patches 84.2%; batch 32 keeps the (B * 49) x (B * 49) InfoNCE small
+    "cpc": dict(steps=60, image_size=16, batch_size=32, lr=1e-3,
+                method_args=dict(hidden=32, blocks=1, steps=2, color_drop=False)),
+    # a quarter-width ViT-Tiny (4 px patches, 12 of 16 masked) on colour shapes: the masked pixels' colour follows
+    # from the shape; class token 99% vs 96%, 92.5%, 84.5% random init (seeds 0-2). On digits it stays at random
+    # init's 41-45% (100-150 steps, 16 or 32 px, lr 1e-3 or 3e-3, mask 0.5 or 0.75, crops 0.8-1, mean-pooled
+    # patch tokens too; measured)
+    "mae": dict(steps=100, image_size=16, batch_size=64, lr=1e-3, backbone_args=dict(width=0.25),
+                method_args=dict(decoder_dim=64)),
+    # region masks at 8 px (blobs of 1-2 px, a quarter of the image): 89.1% vs 82.0% random init after 40 steps,
+    # 91.1% vs 85.3% with seed 1 (measured; blocks 89.8%, centre 89.1%, adversarial 0.001 87.8%)
+    "context-encoder": dict(steps=40, image_size=8, method_args=dict(decoder_dim=64)),
 }
 
 
@@ -81,7 +105,10 @@ FIRST_COMPARABLE_ROW = {"triplet-paper-mining": 1}
 BELOW_RANDOM_INIT = {"damaged-jigsaw", "context"}
 
 #: methods whose smoke run needs more than a config, in their own test file: BoWNet needs a teacher trained first
-SMOKE_ELSEWHERE = {"bownet": "tests/test_bownet.py::test_loss_falls_and_knn_beats_random_init"}
+SMOKE_ELSEWHERE = {"bownet": "tests/test_bownet.py::test_loss_falls_and_knn_beats_random_init",
+                   # a GAN: its losses do not fall; the samples must approach the data (its docstring: measured)
+                   "bigan": "tests/test_bigan.py::test_short_digits_run_draws_digit_like_samples_and_its_knn_stays_"
+                            "near_random_init"}
 
 
 def test_every_registered_method_has_a_smoke_run():

@@ -14,9 +14,12 @@ CONTRASTIVE = ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "
 #: pretext tasks, generative and clustering methods
 PRETEXT = ("rotnet", "jigsaw", "context", "counting", "aet", "exemplar", "decoupling", "damaged-jigsaw", "bownet",
            "colorization", "ssgan", "deepcluster")
+#: reconstruction and generation (issue 15)
+RECONSTRUCTION = ("dae", "context-encoder", "split-brain", "super-resolution", "mae", "cpc", "bigan")
 
 
-@pytest.mark.parametrize("family", [CONTRASTIVE, PRETEXT], ids=["contrastive", "pretext"])
+@pytest.mark.parametrize("family", [CONTRASTIVE, PRETEXT, RECONSTRUCTION], ids=["contrastive", "pretext",
+                                                                             "reconstruction"])
 def test_recipes_cover_every_family_on_both_scales(family):
     names = {(p.parent.name, p.stem) for p in RECIPES}
     missing = [f"{scale}/{m}" for scale in ("cifar10", "imagenet") for m in family if (scale, m) not in names]

@@ -20,6 +20,7 @@ from selfsup.backbones.resnet import ResNet
 from selfsup.backbones.small import SmallConvNet
 from selfsup.backbones.sngan import SNGANDiscriminator
 from selfsup.backbones.timm_backbone import TimmBackbone
+from selfsup.backbones.vit import ViT
 from selfsup.errors import UserError
 
 __all__ = ["BACKBONES", "Backbone", "StageInfo", "build_backbone", "feature_dim", "feature_map", "stage_channels",
@@ -33,6 +34,8 @@ BACKBONES: dict[str, str] = {
                "size; 2.5 M params",
     "nin": "Network-in-Network, 4 blocks of 3 convs, RotNet's CIFAR trunk (Gidaris et al., ICLR 2018); 1.4 M params",
     "sngan": "SNGAN's 32 px ResNet discriminator trunk (Miyato et al., ICLR 2018), global sum pool; 1.1 M params",
+    "vit-tiny": "ViT-Tiny (Dosovitskiy et al., ICLR 2021): width 192, 12 blocks, 3 heads, class token, fixed sin-cos "
+                "positions; 4 px patches below 64 px, 8 below 160, else 16; 5.3 M params at 32 px",
     "timm:NAME": "any timm model, random init (pip install timm), e.g. timm:resnet18, timm:vit_tiny_patch16_224",
 }
 
@@ -43,8 +46,9 @@ def build_backbone(name: str, image_size: int = 32, *, in_channels: int = 3, wid
                    stem: str | None = None) -> Backbone:
     """Build a backbone by name for ``in_channels``-channel images of ``image_size`` px.
 
-    ``width`` multiplies the channels of small, alexnet, nin and sngan. ``stem`` picks the first layer of the
-    ResNets (``cifar`` | ``imagenet``) and of alexnet (``cifar`` | ``stl`` | ``imagenet``); default by image size.
+    ``width`` multiplies the channels of small, alexnet, nin and sngan, and the token width of vit-tiny. ``stem``
+    picks the first layer of the ResNets (``cifar`` | ``imagenet``) and of alexnet (``cifar`` | ``stl`` |
+    ``imagenet``); default by image size.
     """
     if in_channels < 1:
         raise UserError(f"in_channels must be at least 1 (got {in_channels})")
@@ -61,6 +65,9 @@ def build_backbone(name: str, image_size: int = 32, *, in_channels: int = 3, wid
         return ResNet(name, stem or ("cifar" if image_size < 64 else "imagenet"), in_channels)
     if name == "alexnet":
         return alexnet.AlexNet(in_channels, width, stem or alexnet.default_stem(image_size))
+    if name == "vit-tiny":
+        _no_stem(name, stem)
+        return ViT(image_size, in_channels, width)
     if name not in _BY_WIDTH:
         close = difflib.get_close_matches(name, BACKBONES, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""

@@ -1,7 +1,8 @@
 """Encoders whose trunk sees a transform of the image rather than RGB: colourisation's L channel (Zhang et al.,
-ECCV 2016), DeepCluster's Sobel edges (Caron et al., ECCV 2018). The wrapper takes the standard evaluation
-input (ImageNet-normalised RGB), so kNN, probes, ``embed``, ``export`` (ONNX) and ``retrieve`` use it as any
-backbone; the transform has no parameters and lives in the exported graph."""
+ECCV 2016), DeepCluster's Sobel edges (Caron et al., ECCV 2018), the split-brain autoencoder's two trunks on L and
+ab (Zhang et al., CVPR 2017). The wrappers take the standard evaluation input (ImageNet-normalised RGB), so kNN,
+probes, ``embed``, ``export`` (ONNX) and ``retrieve`` use them as any backbone; the transform has no parameters and
+lives in the exported graph."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.base import Backbone
+from selfsup.data.ops.ab import AB_RANGE
 from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.data.ops.lab import rgb_to_lab
 
@@ -21,9 +23,15 @@ def _unit_rgb(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0.0, 1.0)
 
 
+def scale_lab(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lab maps ``(B, 3, H, W)`` as networks see them: L centred and scaled to [-1, 1], ab divided by 110 (the ab
+    grid's extent, :data:`~selfsup.data.ops.ab.AB_RANGE`; sRGB's ab then lie within about [-1, 1])."""
+    return lab[:, :1].sub(50.0).div(50.0), lab[:, 1:].div(AB_RANGE)
+
+
 def lightness(rgb: torch.Tensor) -> torch.Tensor:
     """The network input of colourisation: Lab lightness of [0, 1] RGB, centred and scaled to [-1, 1]."""
-    return rgb_to_lab(rgb)[:, :1].sub(50.0).div(50.0)
+    return scale_lab(rgb_to_lab(rgb))[0]
 
 
 class Lightness(nn.Module):
@@ -61,6 +69,11 @@ class Standardise(nn.Module):
         return F.layer_norm(x, x.shape[-2:], eps=1e-10)
 
 
+def _stages(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every stage's map of a backbone built here, else its output alone."""
+    return backbone.forward_stages(x) if isinstance(backbone, Backbone) else [backbone(x)]
+
+
 class InputEncoder(nn.Module):
     """``backbone(transform(x))``, with the backbone's stages (per-layer probes) and its state dict under
     ``backbone.``; shares the backbone's parameters with the method that trains it."""
@@ -79,8 +92,36 @@ class InputEncoder(nn.Module):
         return getattr(self.backbone, "image_size", None)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.transform(x)
-        return self.backbone.forward_stages(x) if isinstance(self.backbone, Backbone) else [self.backbone(x)]
+        return _stages(self.backbone, self.transform(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.transform(x))
+
+
+class SplitBrainEncoder(nn.Module):
+    """The split-brain autoencoder's representation (Zhang, Isola, Efros, CVPR 2017, section 3.2: ``F^l = {F_1^l,
+    F_2^l}``): ImageNet-normalised RGB -> Lab (:func:`scale_lab`), L into ``lightness_trunk``, ab into
+    ``colour_trunk`` (the same architecture), and their features, as every stage's maps (per-layer probes), concatenated
+    along channels. Shares both trunks' parameters with the method that trains them."""
+
+    def __init__(self, lightness_trunk: nn.Module, colour_trunk: nn.Module) -> None:
+        super().__init__()
+        self.lightness_trunk, self.colour_trunk = lightness_trunk, colour_trunk
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(getattr(self.lightness_trunk, "stage_names", ("output",)))
+
+    @property
+    def image_size(self) -> int | None:
+        """The size the trunks were trained at (evaluation's default)."""
+        return getattr(self.lightness_trunk, "image_size", None)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        L, ab = scale_lab(rgb_to_lab(_unit_rgb(x)))
+        return [torch.cat(pair, 1) for pair in zip(_stages(self.lightness_trunk, L), _stages(self.colour_trunk, ab),
+                                                   strict=True)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L, ab = scale_lab(rgb_to_lab(_unit_rgb(x)))
+        return torch.cat([self.lightness_trunk(L), self.colour_trunk(ab)], 1)

@@ -95,6 +95,21 @@ def sample_latent(n: int, z_dim: int, generator: torch.Generator) -> Tensor:
     return torch.randn(n, z_dim, generator=generator, device=generator.device)
 
 
+@torch.no_grad()
+def generate(generator: ResNetGenerator, n: int, seed: int = 0, chunk: int = 256) -> Tensor:
+    """``n`` images of ``generator`` as uint8 ``(n, 3, H, W)`` on the CPU: in eval mode (its running batch-norm
+    statistics; its mode is restored), from latents drawn on the CPU with ``seed`` (so a seed fixes them on any
+    device), ``chunk`` at a time. What a GAN's ``sample`` (samples.png, ``selfsup eval fid``) returns."""
+    was_training, device = generator.training, next(generator.parameters()).device
+    generator.eval()
+    try:
+        g = torch.Generator().manual_seed(seed)
+        return torch.cat([to_uint8(generator(sample_latent(min(chunk, n - s), generator.z_dim, g).to(device))).cpu()
+                          for s in range(0, n, chunk)])
+    finally:
+        generator.train(was_training)
+
+
 def to_unit(x: Tensor) -> Tensor:
     """Generator output in [-1, 1] -> float images in [0, 1], the input of :func:`selfsup.data.views.prepare`."""
     return x.add(1.0).mul_(0.5).clamp_(0.0, 1.0)

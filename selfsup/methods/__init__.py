@@ -8,29 +8,38 @@ from selfsup.errors import UserError
 from selfsup.methods.aet import AET
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.bigan import BiGAN
 from selfsup.methods.bownet import BoWNet
 from selfsup.methods.byol import BYOL
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.context import ContextPrediction
+from selfsup.methods.context_encoder import ContextEncoder
 from selfsup.methods.counting import Counting
+from selfsup.methods.cpc import CPC
+from selfsup.methods.dae import DenoisingAutoencoder
 from selfsup.methods.damaged_jigsaw import DamagedJigsaw
 from selfsup.methods.decoupling import Decoupling
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.ssgan import SSGAN
 from selfsup.methods.supcon import SupCon
+from selfsup.methods.super_resolution import SuperResolution
 from selfsup.methods.supervised import Supervised
 from selfsup.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID, BarlowTwins, SupCon, Triplet,
                                                         RotNet, Jigsaw, ContextPrediction, Counting, AET,
                                                         Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
-                                                        Decoupling, DamagedJigsaw, BoWNet)}
+                                                        Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
+                                                        SuperResolution, BiGAN, MAE, CPC, SplitBrain,
+                                                        ContextEncoder)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

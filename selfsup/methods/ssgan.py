@@ -17,7 +17,7 @@ from selfsup.data.views import augmented, for_this_rank, prepare
 from selfsup.distributed import world_size
 from selfsup.errors import UserError
 from selfsup.evaluate.pictures import save_image_grid
-from selfsup.heads.generator import ResNetGenerator, sample_latent, to_uint8, to_unit
+from selfsup.heads.generator import ResNetGenerator, generate, sample_latent, to_unit
 from selfsup.losses.gan import hinge_d_loss, hinge_g_loss
 from selfsup.methods.base import Batch, Method
 from selfsup.methods.panels import Panel, unprepare
@@ -69,9 +69,7 @@ class SSGAN(Method):
         return [p for m in (self.backbone, self.real_fake, self.rotation) for p in m.parameters()]
 
     def check_batch(self, global_batch: int) -> None:
-        if (global_batch // world_size()) % self.n_dis:
-            raise UserError(f"ssgan: each process's batch ({global_batch // world_size()}) must split into n_dis="
-                            f"{self.n_dis} equal parts, one per discriminator phase")
+        check_phase_split(self.name, global_batch, self.n_dis)
 
     def _fakes(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` generated images, normalised as the discriminator sees real ones; the latents are drawn for the
@@ -111,16 +109,15 @@ class SSGAN(Method):
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """``n`` generated images as uint8 ``(n, 3, H, W)`` (generator in eval mode, latents from ``seed``)."""
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
-            g = torch.Generator().manual_seed(seed)
-            device = self.real_fake.weight.device
-            return torch.cat([to_uint8(self.generator(sample_latent(min(256, n - s), self.z_dim, g).to(device)))
-                              for s in range(0, n, 256)]).cpu()
-        finally:
-            self.generator.train(was_training)
+        return generate(self.generator, n, seed)
 
     def report(self, out: Path, data: Dataset) -> dict[str, float]:
         save_image_grid(self.sample(64), out / "samples.png", nrow=8, title=f"{self.name}: 64 generated samples")
         return {}
+
+
+def check_phase_split(method: str, global_batch: int, n_dis: int) -> None:
+    """Refuse a batch whose per-process share does not split into ``n_dis`` discriminator phases (GANs here)."""
+    if (global_batch // world_size()) % n_dis:
+        raise UserError(f"{method}: each process's batch ({global_batch // world_size()}) must split into n_dis="
+                        f"{n_dis} equal parts, one per discriminator phase")
