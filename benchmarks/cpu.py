@@ -116,12 +116,24 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     # rotations, a generator phase): the small convnet as discriminator, an eighth-width generator, batch 128
     "ssgan": ("ssgan", {"generator_width": 0.125}, {"batch_size": 128}),
     "deepcluster": ("deepcluster", {}, {}),
+    # issue 14: the pretext tasks on the same budget; BoWNet learns from the RotNet row's run (kept in RUNS)
+    "rotnet": ("rotnet", {}, {}), "context": ("context", {}, {}), "counting": ("counting", {}, {}),
+    "aet": ("aet", {}, {}), "exemplar": ("exemplar", {}, {}), "decoupling": ("decoupling", {}, {}),
+    "damaged-jigsaw": ("damaged-jigsaw", {}, {}), "bownet": ("bownet", {"teacher": "RUNS/rotnet"}, {}),
+    # issue 15: reconstruction and generation
+    "dae": ("dae", {}, {}), "context-encoder": ("context-encoder", {}, {}), "split-brain": ("split-brain", {}, {}),
+    "super-resolution": ("super-resolution", {}, {}), "mae": ("mae", {}, {"backbone": "vit-tiny"}),
+    "cpc": ("cpc", {}, {}), "bigan": ("bigan", {"generator_width": 0.125}, {"batch_size": 128}),
 }
+#: where the rows' runs are kept (a later row may learn from an earlier one: BoWNet's teacher is RUNS/rotnet)
+RUNS = Path(__file__).parent.parent / "runs" / "cpu-methods"
 
 
 def method_config(name: str, data: str, steps: int, batch_size: int, **options: object) -> selfsup.TrainConfig:
     """The config of the table's row ``name`` (see :data:`CPU_METHODS`) on the CPU; ``options``: other keys."""
     method, method_args, extra = CPU_METHODS[name]
+    method_args = {k: str(RUNS / v.removeprefix("RUNS/")) if isinstance(v, str) and v.startswith("RUNS/") else v
+                   for k, v in method_args.items()}
     return selfsup.TrainConfig(**{**dict(method=method, data=data, backbone="small", steps=steps,
                                          batch_size=batch_size, device="cpu", method_args=method_args),
                                   **options, **extra})
@@ -160,7 +172,7 @@ def cpu_methods(args: argparse.Namespace) -> None:
             continue
         method, method_args, extra = CPU_METHODS[name]
         cfg = method_config(name, args.data, args.steps, args.batch_size)
-        m = selfsup.train(cfg, Path(tempfile.mkdtemp()), overwrite=True, show_progress=False, data=dataset).metrics
+        m = selfsup.train(cfg, RUNS / name, overwrite=True, show_progress=False, data=dataset).metrics
         runs[name] = dict(**{k: m[k] for k in SCORES}, method=method, method_args=method_args, config=extra,
                           backbone=m["backbone"], **env)
         print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f}"
