@@ -70,6 +70,11 @@ def _methods_section() -> list[str]:
              m["commit"].split(" (")[0]] for name, m in runs.items() if "knn_top1" in m]
     rows.append(["random init", _pct(any_run["random_init_knn_top1"]), _pct(any_run["random_init_linear_top1"]),
                  "", "", ""])
+    bounds = (load("cpu_bounds") or {}).get("rows", {})
+    if "random rescaled" in bounds:
+        b = bounds["random rescaled"]
+        rows.append(["random rescaled (Krähenbühl et al. 2016; `run.py cpu-bounds`)", _pct(b["knn_top1"]),
+                     _pct(b["linear_top1"]), "", "", b["commit"].split(" (")[0]])
     return [f"## Every method, CIFAR-10, small convnet, batch {r['batch_size']}, {r['steps']} steps, CPU\n\n"
             f"{any_run['cpu']} ({any_run['cpu_cores']} cores), torch {any_run['torch']}; "
             "`python benchmarks/run.py cpu-methods`. kNN (k=200, T=0.1) and L-BFGS linear probe on the test set; "
