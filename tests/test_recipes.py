@@ -10,7 +10,7 @@ from selfsup.methods import get_method
 
 ROOT = Path(__file__).parent.parent / "recipes"
 RECIPES = sorted(ROOT.glob("*/*.yaml"))
-CONTRASTIVE = ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "triplet")
+CONTRASTIVE = ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "triplet", "cmc", "and")
 #: pretext tasks, generative and clustering methods
 PRETEXT = ("rotnet", "jigsaw", "context", "counting", "aet", "exemplar", "decoupling", "damaged-jigsaw", "bownet",
            "colorization", "ssgan", "deepcluster")

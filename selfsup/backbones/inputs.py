@@ -1,8 +1,8 @@
 """Encoders whose trunk sees a transform of the image rather than RGB: colourisation's L channel (Zhang et al.,
-ECCV 2016), DeepCluster's Sobel edges (Caron et al., ECCV 2018), the split-brain autoencoder's two trunks on L and
-ab (Zhang et al., CVPR 2017). The wrappers take the standard evaluation input (ImageNet-normalised RGB), so kNN,
-probes, ``embed``, ``export`` (ONNX) and ``retrieve`` use them as any backbone; the transform has no parameters and
-lives in the exported graph."""
+ECCV 2016), DeepCluster's Sobel edges (Caron et al., ECCV 2018), two trunks on L and ab: the split-brain
+autoencoder's (Zhang et al., CVPR 2017) and contrastive multiview coding's (Tian et al., ECCV 2020). The wrappers
+take the standard evaluation input (ImageNet-normalised RGB), so kNN, probes, ``embed``, ``export`` (ONNX) and
+``retrieve`` use them as any backbone; the transform has no parameters and lives in the exported graph."""
 
 from __future__ import annotations
 
@@ -98,11 +98,12 @@ class InputEncoder(nn.Module):
         return self.backbone(self.transform(x))
 
 
-class SplitBrainEncoder(nn.Module):
-    """The split-brain autoencoder's representation (Zhang, Isola, Efros, CVPR 2017, section 3.2: ``F^l = {F_1^l,
-    F_2^l}``): ImageNet-normalised RGB -> Lab (:func:`scale_lab`), L into ``lightness_trunk``, ab into
-    ``colour_trunk`` (the same architecture), and their features, as every stage's maps (per-layer probes), concatenated
-    along channels. Shares both trunks' parameters with the method that trains them."""
+class LabEncoder(nn.Module):
+    """Two trunks, one on L and one on ab, as one representation: the split-brain autoencoder's (Zhang, Isola, Efros,
+    CVPR 2017, section 3.2: ``F^l = {F_1^l, F_2^l}``) and CMC's on L and ab (Tian, Krishnan, Isola, ECCV 2020, section
+    4.1: both views' features concatenated). ImageNet-normalised RGB -> Lab (:func:`scale_lab`), L into
+    ``lightness_trunk``, ab into ``colour_trunk`` (the same architecture), and their features, as every stage's maps
+    (per-layer probes), concatenated along channels. Shares both trunks' parameters with the method that trains them."""
 
     def __init__(self, lightness_trunk: nn.Module, colour_trunk: nn.Module) -> None:
         super().__init__()

@@ -6,11 +6,13 @@ import difflib
 
 from selfsup.errors import UserError
 from selfsup.methods.aet import AET
+from selfsup.methods.anchor_neighbourhood import AND
 from selfsup.methods.barlow import BarlowTwins
 from selfsup.methods.base import Batch, Method
 from selfsup.methods.bigan import BiGAN
 from selfsup.methods.bownet import BoWNet
 from selfsup.methods.byol import BYOL
+from selfsup.methods.cmc import CMC
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.context import ContextPrediction
 from selfsup.methods.context_encoder import ContextEncoder
@@ -38,8 +40,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         RotNet, Jigsaw, ContextPrediction, Counting, AET,
                                                         Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
-                                                        SuperResolution, BiGAN, MAE, CPC, SplitBrain,
-                                                        ContextEncoder)}
+                                                        SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
+                                                        ContextEncoder, AND)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.backbones import feature_map, stage_channels
 from selfsup.backbones.channels import with_in_channels
-from selfsup.backbones.inputs import SplitBrainEncoder, scale_lab
+from selfsup.backbones.inputs import LabEncoder, scale_lab
 from selfsup.data.ops.ab import ab_bins, annealed_mean, nearest_bins
 from selfsup.data.ops.base import resize
 from selfsup.data.ops.lab import lab_to_rgb, rgb_to_lab
@@ -33,7 +33,7 @@ class SplitBrain(Method):
     soft encoding, no class rebalancing); the loss is the sum of both cross-entropies, logged as ``colour`` and
     ``lightness``. The paper halves every layer of one AlexNet (groups of 2), so the pair has one AlexNet's size;
     here each trunk is the configured backbone, and the recipes set ``width: 0.5`` for the same total. The evaluated
-    encoder concatenates both trunks' features and every stage's maps (:class:`SplitBrainEncoder`). Crops and flips
+    encoder concatenates both trunks' features and every stage's maps (:class:`LabEncoder`). Crops and flips
     only: colour augmentation would falsify the targets. ``outputs.png``: both inputs and the annealed means of both
     predictions (T = ``temperature``, 0.38 as colourisation).
     """
@@ -84,15 +84,15 @@ class SplitBrain(Method):
                                                                         batch.generator))
         ab = self.bins[ab_target].permute(0, 3, 1, 2)
         size = f"{self.target_size} px"
-        return [Panel("trunk 1 sees the lightness L", _grey(lab[:, :1])),
+        return [Panel("trunk 1 sees the lightness L", grey(lab[:, :1])),
                 Panel(f"it must predict the ab bin of every pixel at {size} (shown with L)",
                       lab_to_rgb(torch.cat([small[:, :1], ab], 1))),
-                Panel("trunk 2 sees the colour ab (shown at L = 50)", _at_mid_grey(lab[:, 1:])),
+                Panel("trunk 2 sees the colour ab (shown at L = 50)", at_mid_grey(lab[:, 1:])),
                 Panel(f"it must predict the L bin of every pixel at {size} (its centre)",
-                      _grey(self.levels[lightness_target].permute(0, 3, 1, 2)))]
+                      grey(self.levels[lightness_target].permute(0, 3, 1, 2)))]
 
     def encoder(self) -> nn.Module:
-        return SplitBrainEncoder(self.backbone, self.colour_trunk)
+        return LabEncoder(self.backbone, self.colour_trunk)
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor, generator: torch.Generator) -> list[Panel]:
@@ -103,17 +103,17 @@ class SplitBrain(Method):
                                        mode="bilinear", align_corners=False)
                          for logits, bins in ((ab_logits, self.bins), (lightness_logits, self.levels)))
         L, t = lab[:, :1], f"annealed mean, T={self.temperature}"
-        return [Panel("trunk 1's input: L", _grey(L)),
+        return [Panel("trunk 1's input: L", grey(L)),
                 Panel(f"its colourisation ({t})", lab_to_rgb(torch.cat([L, ab], 1))),
-                Panel("trunk 2's input: ab (shown at L = 50)", _at_mid_grey(lab[:, 1:])),
-                Panel(f"its lightness ({t})", _grey(lightness))]
+                Panel("trunk 2's input: ab (shown at L = 50)", at_mid_grey(lab[:, 1:])),
+                Panel(f"its lightness ({t})", grey(lightness))]
 
 
-def _at_mid_grey(ab: torch.Tensor) -> torch.Tensor:
+def at_mid_grey(ab: torch.Tensor) -> torch.Tensor:
     """ab maps as sRGB at the constant lightness L = 50."""
     return lab_to_rgb(torch.cat([torch.full_like(ab[:, :1], 50.0), ab], 1))
 
 
-def _grey(L: torch.Tensor) -> torch.Tensor:
+def grey(L: torch.Tensor) -> torch.Tensor:
     """Lightness maps in [0, 100] as grey values in [0, 1] (the network's scaled L, shifted)."""
     return (L / 100.0).clamp(0.0, 1.0)
