@@ -124,6 +124,8 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "dae": ("dae", {}, {}), "context-encoder": ("context-encoder", {}, {}), "split-brain": ("split-brain", {}, {}),
     "super-resolution": ("super-resolution", {}, {}), "mae": ("mae", {}, {"backbone": "vit-tiny"}),
     "cpc": ("cpc", {}, {}), "bigan": ("bigan", {"generator_width": 0.125}, {"batch_size": 128}),
+    # issue 16: groups of images and several views
+    "cmc": ("cmc", {}, {}), "and": ("and", {}, {}),
 }
 #: where the rows' runs are kept (a later row may learn from an earlier one: BoWNet's teacher is RUNS/rotnet)
 RUNS = Path(__file__).parent.parent / "runs" / "cpu-methods"
