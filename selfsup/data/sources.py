@@ -26,12 +26,16 @@ DATASETS = {
 
 @dataclass
 class ImageSet:
-    """Images as a uint8 tensor ``(N, 3, H, W)``, optional int64 labels, class names and file paths."""
+    """Images as a uint8 tensor ``(N, 3, H, W)``, optional int64 labels, class names and file paths, and aligned
+    per-sample ``fields`` beyond the image (each a tensor ``(N, ...)``: a clip's ``frames`` (N, T, 3, H, W) uint8,
+    a caption's bytes ``text`` (N, L) uint8, ``depth`` / ``normals`` / ``contours`` maps, a ``motion`` label, ...),
+    sliced with the batch and moved to the device like the images (see :class:`selfsup.methods.base.Batch`)."""
 
     images: torch.Tensor  # or a lazily decoded stand-in (selfsup.data.stream) for sets too big for memory
     labels: torch.Tensor | None = None
     classes: list[str] | None = None
     paths: list[str] | None = None
+    fields: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -51,7 +55,8 @@ class ImageSet:
         images = FileImages([self.images.paths[i] for i in idx.tolist()], self.images.size) \
             if isinstance(self.images, FileImages) else self.images[idx]
         return ImageSet(images, None if self.labels is None else self.labels[idx], self.classes,
-                        None if self.paths is None else [self.paths[i] for i in idx.tolist()])
+                        None if self.paths is None else [self.paths[i] for i in idx.tolist()],
+                        {k: v[idx] for k, v in self.fields.items()})
 
 
 @dataclass

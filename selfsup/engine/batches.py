@@ -66,13 +66,15 @@ def _open_stream(pretrain: ImageSet, cfg: TrainConfig, epoch: int, pos: int, per
 
 def batches(pretrain: ImageSet, images: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig, start: int,
             total: int, per_epoch: int, device: torch.device, before_fork: Callable[[], None],
-            epoch_start: Callable[[int], torch.Tensor | None], weights: torch.Tensor | None) -> Iterator[Batch]:
+            epoch_start: Callable[[int], torch.Tensor | None], weights: torch.Tensor | None,
+            fields: dict[str, torch.Tensor] | None = None) -> Iterator[Batch]:
     """This rank's batch of every step from ``start`` on: a slice of the epoch's global order from ``images``
     (in memory, on the device), or the next batch of a stream (``before_fork`` runs before a stream starts its
     worker processes). Each carries its step's own augmentation seed.
 
     ``epoch_start(epoch)`` runs before an epoch's first batch is drawn and returns the epoch's sampling weights
-    (or None); ``weights`` are the current epoch's when the run resumes in its middle."""
+    (or None); ``weights`` are the current epoch's when the run resumes in its middle. ``fields``: the in-memory
+    samples' other fields (:attr:`ImageSet.fields`), sliced like the images; a stream yields its own."""
     order, stream, local = None, None, cfg.batch_size // world_size()
     for step in range(start, total):
         epoch, pos = divmod(step, per_epoch)
@@ -84,10 +86,11 @@ def batches(pretrain: ImageSet, images: torch.Tensor, labels: torch.Tensor | Non
             if stream is None or pos == 0:
                 before_fork()
                 stream = _open_stream(pretrain, cfg, epoch, pos, per_epoch, device, weights)
-            idx, x, y = next(stream)
+            idx, x, y, *extra = next(stream)  # tar shards may add a dict of fields
             yield Batch(images=x.to(device, non_blocking=True),
                         labels=None if y is None else y.to(device, non_blocking=True),
-                        indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total)
+                        indices=idx.to(device, non_blocking=True), generator=generator, progress=step / total,
+                        fields={k: v.to(device, non_blocking=True) for k, v in (extra[0] if extra else {}).items()})
         else:
             if order is None or pos == 0:  # one host-to-device copy per epoch, none per step
                 order = epoch_order(len(images), cfg.seed, epoch, weights).to(images.device)
@@ -95,4 +98,5 @@ def batches(pretrain: ImageSet, images: torch.Tensor, labels: torch.Tensor | Non
             first = pos * cfg.batch_size + rank() * local
             idx = order[first : first + local]
             yield Batch(images=images[idx], labels=None if labels is None else labels[idx],
-                        indices=idx.to(device), generator=generator, progress=step / total)
+                        indices=idx.to(device), generator=generator, progress=step / total,
+                        fields={k: v[idx] for k, v in (fields or {}).items()})

@@ -18,10 +18,10 @@ class Epoch:
     """The engine's :class:`~selfsup.methods.base.EpochContext` for one epoch."""
 
     def __init__(self, epoch: int, images: Any, method: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 device: torch.device, seed: int) -> None:
+                 device: torch.device, seed: int, fields: dict[str, torch.Tensor] | None = None) -> None:
         from selfsup.engine.batches import seed_for
 
-        self.epoch, self.images, self.device = epoch, images, device
+        self.epoch, self.images, self.device, self.fields = epoch, images, device, fields or {}
         self.num_samples = len(images)
         self.streamed = not isinstance(images, torch.Tensor)
         self.generator = torch.Generator().manual_seed(seed_for("epoch", seed, epoch))

@@ -67,9 +67,10 @@ class Loop:
         self.images = pretrain.images.to(self.device) if cuda and not pretrain.streamed else pretrain.images
         self.labels = pretrain.labels.to(self.device) if pretrain.labels is not None and not pretrain.streamed \
             else None
+        self.fields = {k: v.to(self.device) for k, v in pretrain.fields.items()} if cuda else pretrain.fields
 
     def epoch_start(self, epoch: int) -> torch.Tensor | None:
-        ctx = Epoch(epoch, self.images, self.method, self.optimizers, self.device, self.cfg.seed)
+        ctx = Epoch(epoch, self.images, self.method, self.optimizers, self.device, self.cfg.seed, self.fields)
         with autocast(self.device), record_function("on_epoch_start"):
             self.method.on_epoch_start(ctx)
         self.weights = ctx.weights
@@ -122,7 +123,8 @@ class Loop:
         cfg, method = self.cfg, self.method
         # no checkpoint thread may run while a stream forks its DataLoader workers
         source = step_batches(self.data.pretrain, self.images, self.labels, cfg, self.start, self.total,
-                              self.per_epoch, self.device, self.writer.wait, self.epoch_start, self.weights)
+                              self.per_epoch, self.device, self.writer.wait, self.epoch_start, self.weights,
+                              self.fields)
         method.train()
         try:
             for step, batch in enumerate(source, self.start):

@@ -19,7 +19,7 @@ sum is minimised) from pure functions of :mod:`selfsup.losses`. What else a meth
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -46,6 +46,7 @@ class Batch:
     generator: torch.Generator  # seeds this step's augmentation (same step -> same views)
     progress: float  # fraction of training done, in [0, 1)
     phase: int = 0  # which entry of Method.phases this forward pass belongs to
+    fields: dict[str, torch.Tensor] = field(default_factory=dict)  # the samples' other fields (ImageSet.fields)
 
 
 class EpochContext(Protocol):
@@ -55,6 +56,7 @@ class EpochContext(Protocol):
     num_samples: int
     streamed: bool  # the images are decoded from disk on demand (a pass over them costs a decoding pass)
     generator: torch.Generator  # seeded by (seed, epoch): the same epoch draws the same numbers on resume
+    fields: dict[str, torch.Tensor]  # the whole in-memory set's other fields (ImageSet.fields), e.g. every caption
 
     def extract(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 512,
                 sharded: bool = True) -> torch.Tensor:

@@ -34,12 +34,13 @@ def method_views(cfg: TrainConfig, count: int = 8, data: Dataset | None = None) 
     if len(pretrain) < count:
         raise UserError(f"views needs at least {count} images; the data has {len(pretrain)}")
     method = build_method(cfg, cfg.image_size, data.num_classes, num_samples=len(pretrain)).eval()
-    epoch = Epoch(0, pretrain.images, method, {}, torch.device("cpu"), cfg.seed)
+    epoch = Epoch(0, pretrain.images, method, {}, torch.device("cpu"), cfg.seed, pretrain.fields)
     method.on_epoch_start(epoch)
     idx = epoch_order(len(pretrain), cfg.seed, 0, epoch.weights)[:count]
     images = pretrain.images[idx]
     labels = None if pretrain.labels is None else pretrain.labels[idx]
-    batch = Batch(images, labels, idx, torch.Generator().manual_seed(seed_for("augment", cfg.seed, 0)), 0.0)
+    batch = Batch(images, labels, idx, torch.Generator().manual_seed(seed_for("augment", cfg.seed, 0)), 0.0,
+                  fields={k: v[idx] for k, v in pretrain.fields.items()})
     with torch.no_grad():
         panels = method.views(batch)
     names = [pretrain.classes[i] for i in labels.tolist()] if labels is not None and pretrain.classes else None
