@@ -4,11 +4,11 @@ reference, on one CPU thread.
 What it measures
     Images per second turned into network inputs, from images already decoded in memory: no decoding, no
     DataLoader, no model. ``torch.set_num_threads(1)``. Ours: a uint8 batch ``(B, 3, S, S)`` through the
-    method's own ops (:mod:`selfsup.data.ops`): for jigsaw the sequence of ``Jigsaw.training_step`` up to the
-    trunk (random resized crop, flip, grayscale with p = 0.3; 9 tiles in one ``grid_sample``; per-tile
-    normalisation; a permutation of 100); for context prediction ``ContextPrediction.patch_pairs`` (a random resized
-    crop and flip composed into the pair's sampling grid: one ``grid_sample`` of the two patches straight from the
-    images; colour dropping with Gaussian noise; per-patch standardising).
+    method's own input path: for jigsaw ``Jigsaw.puzzle`` (a random resized crop and flip composed with every
+    tile's cell and offset into one sampling grid: one ``grid_sample`` of the 9 tiles, already shuffled by a
+    permutation of 100, straight from the images; grayscale with p = 0.3 on the tiles; per-tile normalisation); for
+    context prediction ``ContextPrediction.patch_pairs`` (the same, for the pair of patches; colour dropping with
+    Gaussian noise; per-patch standardising).
     The reference: what lightly's ``Jigsaw`` transform and VISSL's patch transforms do, image by image with PIL
     and torchvision on a list of PIL images: torchvision's ``RandomResizedCrop``, ``RandomHorizontalFlip`` (and
     ``RandomGrayscale``), then the tiles (or the pair) cut from the numpy array with random offsets, each made a
@@ -38,16 +38,7 @@ from PIL import Image
 
 from benchmarks.common import environment, median, save
 from selfsup.backbones import build_backbone
-from selfsup.data.augment import AugmentConfig
 from selfsup.data.ops.patches import OFFSETS
-from selfsup.data.ops.tiles import (
-    crop_tiles,
-    normalize_tiles,
-    permute_tiles,
-    sample_grid_tiles,
-    sample_permutation_index,
-)
-from selfsup.data.views import augmented
 from selfsup.evaluate.report import format_table
 from selfsup.methods.context import ContextPrediction
 from selfsup.methods.jigsaw import Jigsaw
@@ -57,16 +48,10 @@ PERMUTATIONS = 100
 
 
 def _ours_jigsaw(size: int, perms: torch.Tensor) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """Jigsaw's views as its training step makes them (up to the trunk): ``(B, 9, 3, s, s)``."""
-    aug = AugmentConfig(**Jigsaw.augment_defaults)
-
-    def views(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        x = augmented(images, aug, size, g)
-        boxes = sample_grid_tiles(len(x), size, size, 3, 64 / 85, g)
-        index = sample_permutation_index(len(x), len(perms), g)
-        return permute_tiles(normalize_tiles(crop_tiles(x, boxes, int(boxes[0, 0, 2]))), perms, index)
-
-    return views
+    """Jigsaw's puzzles as its training step makes them (up to the trunk): ``(B, 9, 3, s, s)``, from ``perms``."""
+    method = Jigsaw(build_backbone("small"), 256, size, permutations=2)  # 2: quick to build, replaced by perms
+    method.permutations = perms
+    return lambda images, g: method.puzzle(images, g)[0]
 
 
 def _reference_jigsaw(size: int, perms: list[list[int]]) -> Callable[[Image.Image], torch.Tensor]:

@@ -63,8 +63,8 @@ def _reference(images, method, seed):
     return torch.stack(patches).float(), labels
 
 
-# the defaults sample the patches straight from the images; grayscale in the augmentation or resized patches
-# take the path that makes the augmented views first
+# the defaults and grayscale in the augmentation sample the patches straight from the images (grey on the patches);
+# resized patches take the path that makes the augmented views first
 @pytest.mark.parametrize("chroma,options", [("drop", {}), ("project", {}), ("none", {}),
                                             ("drop", dict(patch_size=12)), ("none", dict(aug=dict(gray_p=0.5)))])
 def test_a_step_crops_guards_and_standardises_the_pairs_as_a_per_image_reference_does(chroma, options):

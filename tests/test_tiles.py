@@ -1,5 +1,6 @@
-"""The jigsaw tile ops against per-image / per-tile references and their samplers' distributions, and the
-maximal-Hamming permutation set against a plain-Python Algorithm 1 (Noroozi & Favaro, ECCV 2016)."""
+"""The jigsaw tile ops against per-image / per-tile references and their samplers' distributions, the tiles of
+augmented views cut straight from the images against cutting per-image views, and the maximal-Hamming permutation
+set against a plain-Python Algorithm 1 (Noroozi & Favaro, ECCV 2016)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.testing import assert_close
 
+from selfsup.data import augment as A
 from selfsup.data.ops import crop as R
 from selfsup.data.ops import tiles as J
+from selfsup.data.ops.color import sample_flags
 from selfsup.data.permutations import all_permutations, max_hamming_permutations
 from selfsup.errors import UserError
 
@@ -153,6 +157,7 @@ def test_sample_grid_tiles_sides_of_the_paper_and_small_images():
     # 255 px -> 85 px cells -> 64 px tiles (the paper); 32 / 64 / 96 px -> 10 / 21 / 32 px cells
     for size, expected in ((255, 64), (32, 8), (64, 16), (96, 24)):
         assert J.sample_grid_tiles(1, size, size, generator=_gen(0))[0, :, 2].eq(expected).all()
+        assert J.tile_side(size, size) == expected
     # tiles that fill their cells tile the centred square: rows 2 + {0, 10, 20}, columns {0, 10, 20}
     full = J.sample_grid_tiles(2, 35, 30, tile_frac=1.0, generator=_gen(0))
     cells = torch.tensor([[2 + r * 10, c * 10] for r in range(3) for c in range(3)], dtype=torch.float32)
@@ -202,6 +207,111 @@ def test_tile_ops_on_cuda_with_a_cuda_generator():
 def test_sample_grid_tiles_rejects_bad_input(args):
     with pytest.raises(UserError):
         J.sample_grid_tiles(1, *args)
+    with pytest.raises(UserError):
+        J.tile_side(*args)
+
+
+# ------------------------------------------------------------------------- augment_tiles: tiles of augmented views
+
+JIGSAW_AUG = dict(crop_scale=(0.3, 1.0), jitter_p=0.0, gray_p=0.3)  # jigsaw's recipe, with smaller crops
+
+
+def _view_tiles_reference(images, view, flips, grey, size, boxes, out):
+    """Image by image: torchvision's resized crop (no antialiasing) to the view, its flip and grayscale, then every
+    tile sliced from the view and, at another size, bilinearly resized with ``F.interpolate``."""
+    result = []
+    for img, (top, left, h, w), flip, g, image_boxes in zip(images, view.long().tolist(), flips, grey, boxes):
+        x = TF.resized_crop(TF.to_dtype(img, torch.float32, scale=True), top, left, h, w, [size, size],
+                            antialias=False)
+        x = TF.horizontal_flip(x) if flip else x
+        x = TF.rgb_to_grayscale(x, num_output_channels=3) if g else x
+        tiles = [x[:, t:t + th, l:l + tw] for t, l, th, tw in image_boxes.long().tolist()]
+        result.append(torch.stack([F.interpolate(t[None], size=(out, out), mode="bilinear", align_corners=False)[0]
+                                   if t.shape[-1] != out else t for t in tiles]))
+    return torch.stack(result)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (27, 27)])
+@pytest.mark.parametrize("aug", [{}, dict(flip_p=0.0, gray_p=0.0), dict(gray_p=1.0)])
+@pytest.mark.parametrize("out", [None, 11])  # the tiles' own 7 px (one sampling pass from the images), or resized
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_augment_tiles_matches_cutting_per_image_views(shape, aug, out, dtype):
+    batch, size, side = 12, 27, 7  # 9 px cells, tiles of round(9 * 64 / 85) = 7 px
+    cfg = A.AugmentConfig(**{**JIGSAW_AUG, **aug})
+    images = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8, generator=_gen(1))
+    g = _gen(5)
+    cut = A.augment_tiles(images if dtype == torch.uint8 else images / 255.0, cfg, size, g, side, out)
+    boxes = J.sample_grid_tiles(batch, size, size, generator=g)
+    tiles = cut(boxes)
+    # the same draws in augment's order: the views' boxes, flips and grayscale flags, then the tiles
+    r = _gen(5)
+    view = R.sample_resized_crop(batch, *shape, cfg.crop_scale, cfg.crop_ratio, r)
+    no = torch.zeros(batch, dtype=torch.bool)
+    flips = sample_flags(batch, cfg.flip_p, r) if cfg.flip_p else no
+    grey = sample_flags(batch, cfg.gray_p, r) if cfg.gray_p else no
+    assert torch.equal(J.sample_grid_tiles(batch, size, size, generator=r), boxes)
+    if not aug:
+        assert 0 < flips.sum() < batch and 0 < grey.sum() < batch
+    expected = _view_tiles_reference(images, view, flips, grey, size, boxes, out or side)
+    assert tiles.shape == (batch, 9, 3, out or side, out or side) and tiles.dtype == torch.float32
+    assert tiles.is_contiguous()
+    assert_close(tiles, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("aug", [dict(jitter_p=0.8), dict(blur_p=0.5), dict(solarize_p=0.5)])
+def test_augment_tiles_with_other_ops_cuts_the_augmented_views(aug):
+    cfg = A.AugmentConfig(**{**JIGSAW_AUG, **aug})
+    images = torch.randint(0, 256, (8, 3, 30, 30), dtype=torch.uint8, generator=_gen(0))
+    g = _gen(3)
+    cut = A.augment_tiles(images, cfg, 27, g, 7)
+    boxes = J.sample_grid_tiles(8, 27, 27, generator=g)
+    r = _gen(3)
+    views = A.augment(images, cfg, 27, r)
+    assert torch.equal(J.sample_grid_tiles(8, 27, 27, generator=r), boxes)
+    assert torch.equal(cut(boxes), J.crop_tiles(views, boxes, 7))
+
+
+def test_augment_tiles_turns_all_the_tiles_of_an_image_grey_with_probability_gray_p():
+    images = torch.randint(0, 256, (4000, 3, 12, 12), dtype=torch.uint8, generator=_gen(0))
+    g = _gen(1)
+    cut = A.augment_tiles(images, A.AugmentConfig(**JIGSAW_AUG), 12, g, 3)  # 4 px cells, 3 px tiles
+    tiles = cut(J.sample_grid_tiles(4000, 12, 12, generator=g))
+    grey = (tiles - tiles[:, :, :1]).flatten(2).abs().amax(2) == 0  # (B, T): the three channels equal
+    assert (grey.all(1) | ~grey.any(1)).all()  # an image's tiles are all grey or none is
+    assert abs(grey[:, 0].double().mean().item() - 0.3) < 0.025  # standard error ~0.007
+
+
+def test_augment_tiles_of_a_rank_are_its_rows_of_the_global_batch():
+    cfg = A.AugmentConfig(**JIGSAW_AUG)
+    images = torch.randint(0, 256, (8, 3, 30, 30), dtype=torch.uint8, generator=_gen(0))
+    g = _gen(4)
+    cut = A.augment_tiles(images, cfg, 27, g, 7)
+    whole = cut(J.sample_grid_tiles(8, 27, 27, generator=g))
+    for rank in range(2):
+        rows = slice(rank * 4, rank * 4 + 4)
+        g = _gen(4)
+        cut = A.augment_tiles(images[rows], cfg, 27, g, 7, shard=(rank, 2))
+        assert torch.equal(cut(J.sample_grid_tiles(8, 27, 27, generator=g)[rows]), whole[rows])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_augment_tiles_on_cuda_with_cpu_or_cuda_generator():
+    cfg = A.AugmentConfig(**JIGSAW_AUG)
+    images = torch.randint(0, 256, (64, 3, 40, 30), dtype=torch.uint8, generator=_gen(0))
+
+    def tiles(x, generator):
+        cut = A.augment_tiles(x, cfg, 27, generator, 7)
+        return cut(J.sample_grid_tiles(64, 27, 27, generator=generator, device=x.device))
+
+    out = tiles(images.cuda(), _gen(2))  # a CPU generator: the same draws as on the CPU
+    assert out.is_cuda
+    assert_close(out.cpu(), tiles(images, _gen(2)), atol=1e-5, rtol=0)
+    cuda = torch.Generator(device="cuda").manual_seed(2)  # a CUDA generator: the views made on the GPU, then cut
+    out = tiles(images.cuda(), cuda)
+    cuda = torch.Generator(device="cuda").manual_seed(2)
+    views = A.augment(images.cuda(), cfg, 27, cuda)
+    assert_close(out, J.crop_tiles(views, J.sample_grid_tiles(64, 27, 27, generator=cuda, device="cuda"), 7),
+                 atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ permutations

@@ -1,16 +1,17 @@
 """The SimCLR augmentation recipe over the batched ops of :mod:`selfsup.data.ops`, with per-sample random
 parameters, on whatever device the batch is on (Chen et al., "A Simple Framework for Contrastive Learning of
-Visual Representations", ICML 2020).
+Visual Representations", ICML 2020), and the tiles of such views cut straight from the images (:func:`augment_tiles`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
-from selfsup.data.ops.base import accelerated, move, to_float
+from selfsup.data.ops.base import accelerated, gray, move, to_float, update_subset
 from selfsup.data.ops.blur import gaussian_blur, sample_gaussian_blur
 from selfsup.data.ops.color import (
     ColorJitterParams,
@@ -22,6 +23,8 @@ from selfsup.data.ops.color import (
     solarize,
 )
 from selfsup.data.ops.crop import resized_crop, sample_resized_crop
+from selfsup.data.ops.patches import crop_view_tiles
+from selfsup.data.ops.tiles import crop_tiles
 
 
 @dataclass
@@ -142,3 +145,45 @@ def _augment(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Gen
         return torch.cat([_apply(images, draws.take(slice(v * batch, (v + 1) * batch)), cfg, size)
                           for v in range(views)])
     return _apply(images.repeat(views, 1, 1, 1) if views > 1 else images, draws, cfg, size)
+
+
+def augment_tiles(images: Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator, side: int,
+                  out: int | None = None, shard: tuple[int, int] = (0, 1)) -> Callable[[Tensor], Tensor]:
+    """Tiles of one random view of every image, cut without making the views where the augmentation allows.
+
+    Draws the views' parameters now, as ``augment(images, cfg, size, generator, shard)`` does, and returns
+    ``cut(boxes)``: the tiles ``boxes`` ``(B, T, 4)`` (top, left, ``side``, ``side`` in whole pixels of the ``size`` x
+    ``size`` views, drawn after this call: the generator's stream is that of augmenting, then drawing the boxes) of
+    those views, resized to ``out`` (default ``side``) as :func:`~selfsup.data.ops.tiles.crop_tiles` does: float
+    [0, 1] ``(B, T, 3, out, out)``, contiguous.
+
+    When the views are only cropped, flipped and turned grey and the tiles keep their size, the views are never
+    made: the tiles are sampled straight from the images at the views' source coordinates, in one ``grid_sample``
+    over the tiles' pixels (:func:`~selfsup.data.ops.patches.crop_view_tiles`; from the integer values, scaled to
+    [0, 1] after), and the flagged samples' tiles are turned grey (luma is linear per pixel, so it commutes with
+    bilinear sampling): the same tiles up to float rounding, at a fraction of the cost. Colour jitter (its contrast
+    blends with the whole view's mean), blur (it reaches across the tiles' edges), solarize or resized tiles (two
+    bilinear resamplings) make the views first.
+    """
+    batch, _, height, width = images.shape
+    rank, world = shard
+    d = _draw(world * batch, height, width, cfg, generator).take(_shard_rows(batch, 1, rank, world, generator.device))
+    on = images.device.type
+    fused = out in (None, side) and d.jitter is None and d.blur_sigma is None and d.solarize is None
+    with torch.autocast(on, enabled=False):
+        views = None if fused else _apply(images, d, cfg, size)
+
+    def cut(boxes: Tensor) -> Tensor:
+        with torch.autocast(on, enabled=False):  # exact float32 sampling, also inside a bf16 step
+            if views is not None:
+                return crop_tiles(views, boxes, out or side)
+            tiles = crop_view_tiles(images if images.is_floating_point() else images.float(), d.boxes, d.flip, size,
+                                    boxes, side)
+            if not images.is_floating_point():
+                tiles.mul_(1.0 / 255.0)  # sampled from the integers, then scaled: one product per tile pixel
+            if d.gray is not None:
+                per_tile = d.gray[:, None].expand(-1, boxes.shape[1]).reshape(-1)
+                update_subset(tiles.flatten(0, 1), per_tile, lambda t: gray(t).expand_as(t))
+            return tiles
+
+    return cut

@@ -8,7 +8,7 @@ from typing import TypeVar
 import torch
 from torch.profiler import record_function
 
-from selfsup.data.augment import AugmentConfig, augment
+from selfsup.data.augment import AugmentConfig, augment, augment_tiles
 from selfsup.data.ops.base import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
 from selfsup.distributed import rank, world_size
 
@@ -38,6 +38,15 @@ def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: to
     under torch.distributed each rank draws its rows of the global batch's parameters, so the run augments
     as a single process would."""
     return augment(images, cfg, size, generator, shard=(rank(), world_size()), views=n)
+
+
+def augmented_tiles(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator, side: int,
+                    out: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`~selfsup.data.augment.augment_tiles`: draws one augmented view of every image now and returns
+    ``cut(boxes)``, the ``side`` px tiles ``boxes`` ``(B, T, 4)`` of the views (drawn after this call) at ``out``
+    px, float [0, 1], cut straight from the images where the augmentation allows; under torch.distributed each
+    rank draws its rows of the global batch's views, as :func:`augmented` does."""
+    return augment_tiles(images, cfg, size, generator, side, out, shard=(rank(), world_size()))
 
 
 def augmented_views(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator,

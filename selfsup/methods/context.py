@@ -11,11 +11,8 @@ from torch import Tensor, nn
 
 from selfsup.backbones.inputs import InputEncoder
 from selfsup.data.ops.base import IMAGENET_STD, constant
-from selfsup.data.ops.color import sample_flags
-from selfsup.data.ops.crop import sample_resized_crop
 from selfsup.data.ops.patches import (
     POSITIONS,
-    crop_view_tiles,
     drop_channels,
     neighbour_position,
     pair_geometry,
@@ -25,8 +22,7 @@ from selfsup.data.ops.patches import (
     sample_patch_pairs,
     standardise_patches,
 )
-from selfsup.data.ops.tiles import crop_tiles
-from selfsup.data.views import augmented, device_layout, for_this_rank
+from selfsup.data.views import augmented_tiles, device_layout, for_this_rank
 from selfsup.errors import UserError
 from selfsup.heads.tiles import ConcatHead
 from selfsup.methods.base import Batch, Method
@@ -113,28 +109,15 @@ class ContextPrediction(Method):
             return standardise_patches(patches), neighbour_position(boxes)
 
     def _crop(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """The augmented views' patch pairs ``(B, 2, 3, s, s)`` in [0, 1] and their boxes ``(B, 2, 4)``. With crops
-        and flips only and patches at their own size (the defaults), sampled straight from the images
-        (:func:`~selfsup.data.ops.patches.crop_view_tiles`: the same draws and pixels as making the views first,
-        at a fraction of the cost)."""
-        b, device, size, cfg = len(images), images.device, self.image_size, self.aug
-
-        def pairs() -> Tensor:
-            return for_this_rank(lambda n: sample_patch_pairs(n, size, size, self.patch, self.gap, self.jitter,
-                                                              generator, device), b)
-
-        if self.patch_size != self.patch or cfg.jitter_p or cfg.gray_p or cfg.blur_p or cfg.solarize_p:
-            x = augmented(images, cfg, size, generator)
-            boxes = pairs()
-            return crop_tiles(x, boxes, self.patch_size), boxes
-        height, width = images.shape[-2:]
-        view = for_this_rank(lambda n: sample_resized_crop(n, height, width, cfg.crop_scale, cfg.crop_ratio,
+        """The augmented views' patch pairs ``(B, 2, 3, s, s)`` in [0, 1] and their boxes ``(B, 2, 4)``. With crops,
+        flips and grayscale only and patches at their own size (the defaults), sampled straight from the images
+        (:func:`~selfsup.data.augment.augment_tiles`: the same draws and pixels as making the views first, at a
+        fraction of the cost)."""
+        b, device, size = len(images), images.device, self.image_size
+        cut = augmented_tiles(images, self.aug, size, generator, self.patch, self.patch_size)
+        boxes = for_this_rank(lambda n: sample_patch_pairs(n, size, size, self.patch, self.gap, self.jitter,
                                                            generator, device), b)
-        flips = for_this_rank(lambda n: sample_flags(n, cfg.flip_p, generator, device), b) if cfg.flip_p else None
-        boxes = pairs()
-        # sampled from the integer values, then scaled to [0, 1]: the patches are smaller than the images
-        scale = 1.0 if images.is_floating_point() else 1 / 255
-        return crop_view_tiles(images.float(), view, flips, size, boxes, self.patch).mul_(scale), boxes
+        return cut(boxes), boxes
 
     def training_step(self, batch: Batch) -> Tensor:
         patches, position = self.patch_pairs(batch.images, batch.generator)

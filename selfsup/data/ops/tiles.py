@@ -13,23 +13,29 @@ from selfsup.data.ops.crop import source_coords
 from selfsup.errors import UserError
 
 
+def tile_side(height: int, width: int, grid: int = 3, tile_frac: float = 64 / 85) -> int:
+    """The side of the tiles of :func:`sample_grid_tiles`: ``max(1, round(cell * tile_frac))`` (Python's
+    ``round``) with ``cell = min(height, width) // grid``."""
+    if grid < 1 or min(height, width) < grid:
+        raise UserError(f"a {grid} x {grid} tile grid does not fit a {height} x {width} image")
+    if not 0.0 < tile_frac <= 1.0:
+        raise UserError(f"the jigsaw tile fraction must be in (0, 1], got {tile_frac}")
+    return max(1, round(min(height, width) // grid * tile_frac))
+
+
 def sample_grid_tiles(batch: int, height: int, width: int, grid: int = 3, tile_frac: float = 64 / 85,
                       generator: torch.Generator | None = None, device: Device = None) -> Tensor:
     """Per-sample tile boxes ``(B, grid * grid, 4)`` = (top, left, h, w) in whole pixels, as float.
 
     The centred square of ``grid * cell`` pixels, ``cell = min(height, width) // grid``, is split into
     ``grid`` x ``grid`` cells (row-major order); in each cell a square tile of side
-    ``max(1, round(cell * tile_frac))`` (Python's ``round``) sits at an offset uniform on
+    ``max(1, round(cell * tile_frac))`` (:func:`tile_side`) sits at an offset uniform on
     ``{0, ..., cell - side}`` in each direction, drawn independently per cell and sample. The paper's 255 px
     image, 85 px cells and 64 px tiles (``tile_frac = 64 / 85``) leave random gaps between the tiles, so
     that edges cannot be matched.
     """
-    if grid < 1 or min(height, width) < grid:
-        raise UserError(f"a {grid} x {grid} tile grid does not fit a {height} x {width} image")
-    if not 0.0 < tile_frac <= 1.0:
-        raise UserError(f"the jigsaw tile fraction must be in (0, 1], got {tile_frac}")
+    side = tile_side(height, width, grid, tile_frac)
     cell = min(height, width) // grid
-    side = max(1, round(cell * tile_frac))
     room = cell - side + 1  # possible offsets per direction
     on = generator.device if generator is not None else None
     u = torch.rand((batch, grid * grid, 2), generator=generator, device=on, dtype=torch.float64)
