@@ -1,4 +1,5 @@
-"""The ``selfsup`` command: train, views, eval, methods, and embed, export, retrieve, shards with a trained encoder.
+"""The ``selfsup`` command: train, views, eval, bench, methods, and embed, export, retrieve, shards with a trained
+encoder.
 
 Bad input ends with one line on stderr and exit code 2; a diverged run with exit code 3.
 """
@@ -14,7 +15,7 @@ from selfsup.errors import TrainingDiverged, UserError
 
 COMMANDS = {"train": commands.run_train, "views": commands.run_views, "eval": commands.run_eval,
             "methods": commands.run_methods, "embed": commands.run_embed, "export": commands.run_export,
-            "retrieve": commands.run_retrieve, "shards": commands.run_shards}
+            "retrieve": commands.run_retrieve, "shards": commands.run_shards, "bench": commands.run_bench}
 
 
 def _say(message: str) -> None:

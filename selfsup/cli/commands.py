@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from selfsup.bench import bench
+
+    bench(args.methods, args.data, args.budget, args.evaluations, args.out, args.transfer, args.force, args.device,
+          args.download, say=_note)
+    return 0
+
+
 def run_shards(args: argparse.Namespace) -> int:
     from selfsup.data.folder import IMAGE_EXTENSIONS, _common_size, _images_in
     from selfsup.data.sources import DEFAULT_STREAM_SIZE

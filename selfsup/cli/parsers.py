@@ -190,6 +190,28 @@ def _use_parsers(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT")
 
 
+def _bench_parser(sub) -> None:
+    from selfsup.bench.cells import EVALUATIONS
+    from selfsup.bench.rows import BUDGETS
+
+    p = sub.add_parser("bench", help="the seeds' tables: pretrain every method, evaluate each, one report",
+                       description="Pretrain every method of --methods at a budget (finished runs in --out are kept, "
+                                   "interrupted ones resumed), evaluate each next to random init, random rescaled and "
+                                   "supervised, and write OUT/report.md, OUT/report.html and one JSON file per cell "
+                                   "(result, command, commit). Run it again to continue where it stopped.")
+    p.add_argument("--methods", default="all", help="all (every method the data can train) or a comma-separated list")
+    p.add_argument("--data", default="cifar10", help="the labeled data set to pretrain and evaluate on")
+    p.add_argument("--budget", default="cpu", choices=list(BUDGETS),
+                   help="cpu: small convnet, 1000 steps of 256; gpu: ResNet-18, 200 epochs of 512; smoke: seconds")
+    p.add_argument("--evaluations", default="knn,linear",
+                   help=f"comma-separated, or all: {', '.join(EVALUATIONS)}")
+    p.add_argument("--transfer", help="the labeled data set of the transfer evaluation (e.g. a Caltech-101 folder)")
+    p.add_argument("--out", default="runs/bench", help="the bench folder: run folders, cells and the report")
+    p.add_argument("--force", action="store_true", help="train and evaluate everything again")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the budget's)")
+    p.add_argument("--download", action="store_true", help="download named data sets that are not there yet")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="selfsup", description="Self-supervised visual representation learning.")
     parser.add_argument("--version", action="version", version=f"selfsup {__version__}")
@@ -198,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _views_parser(sub)
     _eval_parser(sub)
     _use_parsers(sub)
+    _bench_parser(sub)
     p = sub.add_parser("methods", help="list the methods (with their papers) and backbones; with a NAME, its options")
     p.add_argument("name", nargs="?", help="a method: print what it does and its options with their defaults")
     return parser

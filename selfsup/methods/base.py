@@ -81,6 +81,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     paper: ClassVar[str]
     needs_labels: ClassVar[bool] = False
+    #: the sample fields (ImageSet.fields) the method trains on, e.g. ("frames",) for a video method
+    needs_fields: ClassVar[tuple[str, ...]] = ()
     #: the backbone used when the config names none (a GAN's discriminator trunk, say)
     default_backbone: ClassVar[str] = "small"
     #: channels of what the backbone sees (colourisation: 1, the L channel; see :meth:`encoder`)

@@ -1,0 +1,108 @@
+"""``selfsup bench``: rows and budgets, cells written once and kept, interrupted runs resumed, the report."""
+
+import json
+
+import pytest
+
+import selfsup
+from selfsup.bench import bench
+from selfsup.bench.cells import cell_names, read_cell
+from selfsup.bench.rows import BUDGETS, method_rows, row_config, same_run
+from selfsup.cli import main
+from selfsup.data import load_data
+from selfsup.data.sources import Dataset, ImageSet
+from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.errors import UserError
+
+DIGITS = load_data("digits")
+
+
+def test_rows_all_leave_out_what_the_data_cannot_train_and_end_with_the_upper_bound():
+    rows = method_rows("all", DIGITS)
+    assert rows[-1] == "supervised" and rows.index("rotnet") < rows.index("bownet")  # the teacher first
+    unlabeled = Dataset("x", ImageSet(DIGITS.pretrain.images))
+    assert "supcon" not in method_rows("all", unlabeled) and "supervised" not in method_rows("all", unlabeled)
+    with pytest.raises(UserError, match="needs labels"):
+        method_rows("supcon", unlabeled)
+    with pytest.raises(UserError, match="unknown method nope"):
+        method_rows("simclr,nope", DIGITS)
+
+
+def test_the_rows_of_the_cpu_budget_are_the_cpu_tables_configs(tmp_path):
+    cfg = row_config("ssgan", BUDGETS["cpu"], "cifar10", tmp_path)
+    assert (cfg.backbone, cfg.steps, cfg.batch_size) == ("small", 1000, 128)
+    assert cfg.method_args == {"generator_width": 0.125}
+    assert row_config("mae", BUDGETS["cpu"], "cifar10", tmp_path).backbone == "vit-tiny"
+    bownet = row_config("bownet", BUDGETS["cpu"], "cifar10", tmp_path)
+    assert bownet.method_args == {"teacher": str(tmp_path / "rotnet")}
+    gpu = row_config("simclr", BUDGETS["gpu"], "cifar10", tmp_path)
+    assert (gpu.backbone, gpu.epochs, gpu.steps) == ("resnet18", 200, None)
+    assert same_run(cfg.to_dict(), cfg) and not same_run({**cfg.to_dict(), "steps": 999}, cfg)
+
+
+def test_evaluation_names():
+    assert cell_names("knn,linear") == ["probe"] and cell_names("finetune,knn") == ["probe", "finetune"]
+    with pytest.raises(UserError, match="unknown evaluation dense2"):
+        cell_names("knn,dense2")
+
+
+def test_bench_trains_evaluates_keeps_and_resumes(tmp_path):
+    out = tmp_path / "bench"
+    lines = []
+    # an interrupted run in the bench folder: the bench resumes it rather than starting over
+    cfg = row_config("rotnet", BUDGETS["smoke"], "digits", out)
+    selfsup.train(cfg, out / "rotnet", show_progress=False, data=DIGITS, stop_at=10)
+    assert load_checkpoint(out / "rotnet")["step"] == 10
+    report = bench("rotnet", "digits", "smoke", "knn,linear,few-label", out, say=lines.append)
+    ckpt = load_checkpoint(out / "rotnet")
+    assert ckpt["finished"] and ckpt["step"] == 30
+    assert "resuming" in (out / "rotnet" / "train.log").read_text()
+    rows = ["random init", "random rescaled", "rotnet", "supervised"]
+    for row in rows:
+        probe = read_cell(out, row, "probe")
+        assert 0.1 < probe["result"]["knn_top1"] <= 1 and probe["commit"] and "--evaluations knn,linear" in \
+            probe["command"]
+        few = read_cell(out, row, "few-label")["result"]
+        assert list(few) == ["1%", "10%"] and len(few["10%"]["linear_top1"]) == 3
+    md = (out / "report.md").read_text()
+    for row in rows:
+        assert f"| {row} |" in md
+    assert report.exists() and (out / "few_label.png").exists() and (out / "time.png").exists()
+    assert any("2 left" in line for line in lines)  # the progress view counts down
+    # a second bench trains and evaluates nothing: every run finished, every cell kept
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.json"), out / "rotnet" / "checkpoint.pt"]}
+    bench("rotnet", "digits", "smoke", "knn,linear,few-label", out, say=lines.append)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # a cell asked for later is added to the kept ones
+    bench("rotnet", "digits", "smoke", "finetune", out, say=lines.append)
+    assert len(read_cell(out, "rotnet", "finetune")["result"]["curve"]) == BUDGETS["smoke"].finetune_epochs
+    assert "fine-tune %" in (out / "report.md").read_text()
+
+
+def test_a_run_of_another_config_is_not_taken_for_the_rows(tmp_path):
+    out = tmp_path / "bench"
+    cfg = row_config("rotnet", BUDGETS["smoke"], "digits", out)
+    cfg.steps = 5
+    selfsup.train(cfg, out / "rotnet", show_progress=False, data=DIGITS, evaluate=False)
+    with pytest.raises(UserError, match="another run of rotnet"):
+        bench("rotnet", "digits", "smoke", "knn", out, say=lambda m: None)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["bench", "--data", "digits", "--budget", "smoke", "--evaluations", "transfer", "--methods", "rotnet",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--transfer" in err[0]
+    assert main(["bench", "--data", "digits", "--methods", "rotnet", "--evaluations", "nope",
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown evaluation nope" in capsys.readouterr().err
+
+
+def test_a_cell_file_is_json_with_what_reproduces_it(tmp_path):
+    from selfsup.bench.cells import write_cell
+
+    write_cell(tmp_path, "random init", "probe", {"result": {"knn_top1": 0.5}})
+    path = tmp_path / "cells" / "random-init" / "probe.json"
+    assert json.loads(path.read_text())["result"]["knn_top1"] == 0.5 and not list(path.parent.glob("*.tmp"))
+    path.write_text("{broken")
+    assert read_cell(tmp_path, "random init", "probe") is None  # computed again, not a crash
