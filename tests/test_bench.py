@@ -106,3 +106,15 @@ def test_a_cell_file_is_json_with_what_reproduces_it(tmp_path):
     assert json.loads(path.read_text())["result"]["knn_top1"] == 0.5 and not list(path.parent.glob("*.tmp"))
     path.write_text("{broken")
     assert read_cell(tmp_path, "random init", "probe") is None  # computed again, not a crash
+
+
+def test_the_benchmarks_cpu_table_trains_the_benchs_cpu_rows(tmp_path, monkeypatch):
+    """The CPU table's runs (benchmarks/cpu.py) are the bench's ``cpu`` rows, so a bench pointed at their folder
+    evaluates them instead of training them again."""
+    from benchmarks import cpu
+
+    monkeypatch.setattr(cpu, "RUNS", tmp_path)
+    for name, (method, _, _) in cpu.CPU_METHODS.items():
+        if name == method:
+            assert same_run(cpu.method_config(name, "cifar10", 1000, 256).to_dict(),
+                            row_config(name, BUDGETS["cpu"], "cifar10", tmp_path)), name
