@@ -68,7 +68,7 @@ def missing(method: str, data: Dataset) -> str | None:
     cls = METHODS[method]
     if cls.needs_labels and not data.pretrain.labeled:
         return "it needs labels"
-    lacking = [f for f in cls.needs_fields if f not in data.pretrain.fields]
+    lacking = [f for f in cls.needs_fields if f not in data.pretrain.field_names]
     return f"it needs the field{'s' * (len(lacking) > 1)} {', '.join(lacking)}" if lacking else None
 
 

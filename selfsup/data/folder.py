@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from selfsup.data.sidecars import sidecar_fields
 from selfsup.data.sources import DEFAULT_STREAM_SIZE, Dataset, ImageSet, stratified_split
 from selfsup.data.stream import FileImages, UnreadableImage, decode_square, printable
 from selfsup.errors import UserError
@@ -173,10 +174,12 @@ def _load_split(folder: Path, size: int | None, classes: list[str] | None = None
     size = size or _common_size(files)
     if stream or len(files) * 3 * size * size > max_decoded_bytes():
         label_t = None if labels is None else torch.tensor(labels, dtype=torch.long)
-        return ImageSet(FileImages(files, size), label_t, classes, [str(f) for f in files]), [], size
+        fields = sidecar_fields(files, files, folder)  # captions (.txt) and vectors (.npy) beside the images
+        return ImageSet(FileImages(files, size, fields), label_t, classes, [str(f) for f in files], fields), [], size
     images, kept, skipped, size = _decode_found(files, folder, size)
     label_t = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.long)
-    return ImageSet(images, label_t, classes, [str(files[i]) for i in kept]), skipped, size
+    return ImageSet(images, label_t, classes, [str(files[i]) for i in kept],
+                    sidecar_fields([files[i] for i in kept], files, folder)), skipped, size
 
 
 def _decode_found(files: list[Path], where: Path, size: int | None) -> tuple[torch.Tensor, list[int], list[str], int]:
@@ -231,6 +234,10 @@ def load_folder_dataset(root: Path, image_size: int | None, stream: bool = False
         raise UserError(f"data folder '{printable(root)}' does not exist")
     if not root.is_dir():
         raise UserError(f"'{printable(root)}' is not a folder")
+    from selfsup.data.video import holds_videos, load_video_folder
+
+    if holds_videos(root):  # clips: frames evenly spaced over each, its middle frame as the image
+        return load_video_folder(root, image_size)
     eval_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and eval_dir is not None:
         train, skipped, size = _load_split(root / "train", image_size, stream=stream)

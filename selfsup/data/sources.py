@@ -21,6 +21,10 @@ DATASETS = {
     "cifar10": "CIFAR-10 via torchvision (32x32, 10 classes); --download fetches it",
     "cifar100": "CIFAR-100 via torchvision (32x32, 100 classes); --download fetches it",
     "stl10": "STL-10 via torchvision (96x96; pretrains on unlabeled+train); --download fetches it",
+    "moving-objects": "generated videos (8 frames, 32x32): 4 shapes x 6 motions, 600 clips; labels = shape",
+    "moving-objects:motion": "the same generated videos, labels = motion type (static, horizontal, ... zoom)",
+    "scenes": "generated 2.5D scenes (64x64, 2,000 + 500): captions, depth, normals, segmentation, boxes; "
+              "labels = shape of the largest object",
 }
 
 
@@ -45,6 +49,11 @@ class ImageSet:
         return self.labels is not None
 
     @property
+    def field_names(self) -> set[str]:
+        """The fields every sample has: in memory, or streamed from tar shards (their schema)."""
+        return set(self.fields) | set(getattr(self.images, "schema", {}))
+
+    @property
     def streamed(self) -> bool:
         """Decoded on demand by DataLoader workers rather than held in memory."""
         return not isinstance(self.images, torch.Tensor)
@@ -52,8 +61,7 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> ImageSet:
         from selfsup.data.stream import FileImages
 
-        images = FileImages([self.images.paths[i] for i in idx.tolist()], self.images.size) \
-            if isinstance(self.images, FileImages) else self.images[idx]
+        images = self.images.subset(idx) if isinstance(self.images, FileImages) else self.images[idx]
         return ImageSet(images, None if self.labels is None else self.labels[idx], self.classes,
                         None if self.paths is None else [self.paths[i] for i in idx.tolist()],
                         {k: v[idx] for k, v in self.fields.items()})
@@ -165,6 +173,14 @@ def load_data(spec: str, image_size: int | None = None, download: bool = False, 
         return Dataset(spec, pretrain=ImageSet(shards, shards.labels), skipped=shards.skipped)
     if spec == "digits":
         return load_digits()
+    if spec == "scenes":
+        from selfsup.data.scenes import scenes
+
+        return scenes(size=image_size or 64)
+    if spec in ("moving-objects", "moving-objects:motion"):
+        from selfsup.data.moving_objects import moving_objects
+
+        return moving_objects(size=image_size or 32, labels=spec.partition(":")[2] or "object")
     if spec in DATASETS:
         return _torchvision(spec, download)
     from selfsup.data.folder import load_folder_dataset

@@ -6,8 +6,9 @@ Two sources, both looking like a uint8 tensor ``(N, 3, S, S)`` to the rest of th
   side to ``S`` and centre-crop it square (JPEGs are decoded at reduced scale when they are much larger,
   with Pillow's draft mode); everything else (random resized crops, colour, ...) runs batched on the device.
 * :class:`ShardImages` -- WebDataset-style tar shards, ``wds:/data/shard-{000000..000099}.tar``: each
-  sample is an image member (``.jpg``, ``.png``, ...) and an optional ``.cls`` member with its integer
-  label, grouped by the part of the member name before the first dot. Members larger than
+  sample is an image member (``.jpg``, ``.png``, ...) with optional ``.cls`` (its integer label), ``.txt``
+  (caption), ``.json`` (label and numeric fields) and ``.npy`` (vector) members, grouped by the part of the
+  member name before the first dot (see :mod:`selfsup.data.shards`). Members larger than
   ``$SELFSUP_MAX_MEMBER_MB`` (default 64) are skipped unread and reported; a ``.cls`` that is not a
   non-negative integer is a one-line error naming the shard and the sample. Every rank reads its own shards,
   and the DataLoader workers of a rank split those again, so no byte is read twice; each worker mixes its
@@ -19,7 +20,9 @@ or one with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bom
 and reported on one line.
 
 The trainer asks either for the batches of one epoch with :meth:`batches`, which yields
-``(indices, uint8 images, labels or None)`` ready for pinned, non-blocking copies, decoded by
+``(indices, uint8 images, labels or None)`` ready for pinned, non-blocking copies, and a 4th item, the dict of
+the samples' fields stacked (:attr:`ImageSet.fields <selfsup.data.sources.ImageSet.fields>`), when they have
+fields (a caption folder's ``text``, a shard's ``.txt`` / ``.json`` / ``.npy``), decoded by
 :func:`decode_workers` DataLoader workers (by default the cores available, never more).
 """
 
@@ -32,7 +35,6 @@ import sys
 import tarfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +42,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from selfsup.data.shards import Sample, fitted, index_shards, max_member_bytes, read_samples
 from selfsup.errors import UserError
 
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "gif", "tif", "tiff")  # what folders read
 SHUFFLE_BUFFER = 1000  # samples (encoded bytes) each DataLoader worker shuffles a streamed shard through
 MAX_DEFAULT_WORKERS = 16  # decode workers a process starts by default, at most (each holds a prefetch queue)
 
@@ -152,11 +154,16 @@ class _Lazy:
 
 
 class FileImages(_Lazy, torch.utils.data.Dataset):
-    """Image files decoded on demand to ``(3, size, size)`` uint8."""
+    """Image files decoded on demand to ``(3, size, size)`` uint8, with their other ``fields`` held in memory
+    (``(N, ...)`` tensors, e.g. captions read from files beside the images)."""
 
-    def __init__(self, paths: Sequence[str | Path], size: int) -> None:
+    def __init__(self, paths: Sequence[str | Path], size: int, fields: dict[str, torch.Tensor] | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.size = size
+        self.fields = fields or {}
+
+    def subset(self, idx: torch.Tensor) -> FileImages:
+        return FileImages([self.paths[i] for i in idx.tolist()], self.size, {k: v[idx] for k, v in self.fields.items()})
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -168,17 +175,18 @@ class FileImages(_Lazy, torch.utils.data.Dataset):
             return _blank(self.paths[i], str(e), self.size)
 
     def batches(self, order: torch.Tensor, start: int, batch: int, workers: int | None, pin: bool,
-                labels: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+                labels: torch.Tensor | None = None) -> Iterator[tuple]:
         """This epoch's batches from position ``start`` on: ``order`` already holds this rank's indices in
         step order, ``batch`` of them per step. Workers (:func:`decode_workers`) decode; the main process only
-        copies."""
+        copies (and slices the fields)."""
         workers = decode_workers(workers)
         chunks = [order[i : i + batch].tolist() for i in range(start * batch, len(order) - batch + 1, batch)]
         loader = DataLoader(self, batch_sampler=chunks, num_workers=workers, pin_memory=pin,
                             prefetch_factor=4 if workers else None, collate_fn=_stack)
         for rows, images in zip(chunks, loader, strict=True):
             idx = torch.tensor(rows)
-            yield idx, images, None if labels is None else labels[idx]
+            fields = {k: v[idx] for k, v in self.fields.items()}
+            yield idx, images, None if labels is None else labels[idx], *([fields] if fields else [])
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -199,62 +207,15 @@ def expand_braces(pattern: str) -> list[str]:
             for p in expand_braces(pattern[: m.start()] + str(i).zfill(width) + pattern[m.end():])]
 
 
-def max_member_bytes() -> int:
-    """Tar members larger than this are skipped unread (``$SELFSUP_MAX_MEMBER_MB``, default 64)."""
-    return int(float(os.environ.get("SELFSUP_MAX_MEMBER_MB", 64)) * 2**20)
-
-
-@dataclass
-class _Sample:
-    """One sample of a shard: the members that share a key."""
-
-    key: str
-    image: bytes | None = None  # the image member's bytes, when asked for
-    has_image: bool = False  # an image member no larger than the limit
-    too_large: bool = False  # an image member over the limit, left unread
-    label: int | None = None
-
-
-def _samples(path: str, max_bytes: int, images: bool = True, labels: bool = False) -> Iterator[_Sample]:
-    """Every sample of one tar shard, in file order, read as a stream. A member is read only when asked for
-    (``images``: the image's bytes; ``labels``: the ``.cls`` integer), and never when over ``max_bytes``."""
-    sample = None
-    with tarfile.open(path, "r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            folder, base = os.path.split(member.name)
-            stem, _, ext = base.partition(".")
-            key = os.path.join(folder, stem)
-            if sample is None or key != sample.key:
-                if sample is not None:
-                    yield sample
-                sample = _Sample(key)
-            ext = ext.lower()
-            if ext in IMAGE_SUFFIXES:
-                sample.has_image, sample.too_large = member.size <= max_bytes, member.size > max_bytes
-                sample.image = tar.extractfile(member).read() if images and sample.has_image else None
-            elif ext == "cls" and labels:
-                text = tar.extractfile(member).read(32)
-                sample.label = _label(text + b"..." if member.size > len(text) else text, path, key)
-    if sample is not None:
-        yield sample
-
-
-def _label(text: bytes, shard: str, key: str) -> int:
-    """The integer in a ``.cls`` member; anything else is a user error naming the shard and the sample."""
-    if not re.fullmatch(rb"\s*\d{1,18}\s*", text):
-        raise UserError(f"shard '{printable(shard)}', sample '{printable(key)}': the label member (.cls) must hold "
-                        f"a non-negative integer, not {text[:20]!r}")
-    return int(text)
-
-
 class ShardImages(_Lazy, IterableDataset):
-    """Tar shards of images (WebDataset layout), streamed. ``len`` comes from one pass over the headers."""
+    """Tar shards of images (WebDataset layout), streamed, with their samples' fields (``schema``: a zero
+    template of each, see :mod:`selfsup.data.shards`). ``len`` comes from one pass over the members (images
+    unread)."""
 
     def __init__(self, pattern: str, size: int, max_member: int | None = None) -> None:
-        """``max_member``: image members larger than this many bytes are skipped unread, counted in
-        ``skipped`` and reported on one line (default :func:`max_member_bytes`)."""
+        """``max_member``: members larger than this many bytes are skipped unread, and their samples counted in
+        ``skipped`` and reported on one line (default :func:`max_member_bytes`); so are samples with a missing
+        or unreadable part."""
         self.shards = expand_braces(pattern)
         missing = [s for s in self.shards if not Path(s).is_file()]
         if missing:
@@ -262,19 +223,10 @@ class ShardImages(_Lazy, IterableDataset):
                             "missing)")
         self.size = size
         self.max_member = max_member_bytes() if max_member is None else max_member
-        self.counts, labels, self.skipped = [], [], []
-        for s in self.shards:
-            try:
-                samples = list(_samples(s, self.max_member, images=False, labels=True))
-            except tarfile.TarError as e:
-                raise UserError(f"shard '{printable(s)}' is not a readable tar file: {e}") from None
-            self.counts.append(sum(x.has_image for x in samples))
-            labels += [x.label for x in samples if x.has_image]
-            self.skipped += [f"{x.key} in {s}" for x in samples if x.too_large]
-        if self.skipped:
-            print(f"warning: skipped {len(self.skipped)} image(s) larger than {self.max_member / 2**20:g} MiB "
-                  f"($SELFSUP_MAX_MEMBER_MB), e.g. {printable(self.skipped[0])}", file=sys.stderr)
-        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        index = index_shards(self.shards, self.max_member)
+        self.skipped, self.dropped, self.schema = index.skipped, index.dropped, index.schema
+        self.offsets = np.concatenate([[0], np.cumsum(index.counts)]).astype(np.int64)
+        labels = index.labels
         self.labels = torch.tensor(labels, dtype=torch.long) if labels and None not in labels else None
         self._plan: list[int] = []
         self._seed = 0
@@ -285,18 +237,23 @@ class ShardImages(_Lazy, IterableDataset):
     def load(self, i: int) -> np.ndarray:
         """Random access (evaluation): reads the shard that holds sample ``i`` up to it."""
         shard = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        samples = (x for x in _samples(self.shards[shard], self.max_member) if x.has_image)
+        samples = self._kept(shard)
         for _ in range(i - int(self.offsets[shard])):
             next(samples)
         return self._decoded(i, next(samples), self.shards[shard])[1]
 
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+    def _kept(self, shard: int) -> Iterator[Sample]:
+        """The samples of shard number ``shard`` that the index kept, in file order."""
+        return (x for x in read_samples(self.shards[shard], self.max_member)
+                if x.has_image and x.key not in self.dropped[shard])
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray, dict[str, torch.Tensor]]]:
         """This worker's shards in turn, through a shuffle buffer of ``SHUFFLE_BUFFER`` encoded samples (seeded
         by the epoch and the worker), so a batch mixes samples of several shards and differs every epoch."""
         info = get_worker_info()
         shards = self._plan[info.id :: info.num_workers] if info else self._plan
         rng = np.random.default_rng([self._seed, info.id if info else 0])
-        buffer: list[tuple[int, _Sample, str]] = []
+        buffer: list[tuple[int, Sample, str]] = []
         for item in self._encoded(shards):
             if len(buffer) < SHUFFLE_BUFFER:
                 buffer.append(item)
@@ -308,25 +265,24 @@ class ShardImages(_Lazy, IterableDataset):
         for item in buffer:
             yield self._decoded(*item)
 
-    def _encoded(self, shards: list[int]) -> Iterator[tuple[int, _Sample, str]]:
+    def _encoded(self, shards: list[int]) -> Iterator[tuple[int, Sample, str]]:
         for s in shards:
-            pos = int(self.offsets[s])
-            for sample in _samples(self.shards[s], self.max_member):
-                if sample.has_image:
-                    yield pos, sample, self.shards[s]
-                    pos += 1
+            for pos, sample in enumerate(self._kept(s), int(self.offsets[s])):
+                yield pos, sample, self.shards[s]
 
-    def _decoded(self, pos: int, sample: _Sample, shard: str) -> tuple[int, np.ndarray]:
+    def _decoded(self, pos: int, sample: Sample, shard: str) -> tuple[int, np.ndarray, dict[str, torch.Tensor]]:
+        fields = fitted(sample, shard, self.schema)
         try:
-            return pos, decode_square(sample.image, self.size)
+            return pos, decode_square(sample.image, self.size), fields
         except UnreadableImage as e:
-            return pos, _blank(f"{sample.key} in {shard}", str(e), self.size)
+            return pos, _blank(f"{sample.key} in {shard}", str(e), self.size), fields
 
     def batches(self, epoch_seed: int, rank: int, world: int, start: int, batch: int, workers: int | None,
-                pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+                pin: bool) -> Iterator[tuple]:
         """One epoch: shards shuffled by ``epoch_seed``, dealt to ranks, then to this rank's workers
         (:func:`decode_workers`, at most one per shard); each worker streams its shards whole (sequential
-        reads) through its shuffle buffer. Batches of ``batch``; the first ``start`` skipped."""
+        reads) through its shuffle buffer. Batches of ``batch``; the first ``start`` skipped. Each is
+        ``(indices, images, labels or None)``, and the dict of its samples' fields when they have any."""
         perm = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(epoch_seed)).tolist()
         self._plan, self._seed = perm[rank::world], epoch_seed
         if not self._plan:
@@ -334,13 +290,15 @@ class ShardImages(_Lazy, IterableDataset):
         workers = min(decode_workers(workers), len(self._plan))
         loader = DataLoader(self, batch_size=batch, num_workers=workers, pin_memory=pin, drop_last=True,
                             collate_fn=_collate_indexed, prefetch_factor=4 if workers else None)
-        for step, (idx, images) in enumerate(loader):
+        for step, (idx, images, fields) in enumerate(loader):
             if step >= start:
-                yield idx, images, None if self.labels is None else self.labels[idx]
+                yield idx, images, None if self.labels is None else self.labels[idx], *([fields] if fields else [])
 
 
-def _collate_indexed(items: list[tuple[int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor([i for i, _ in items]), torch.from_numpy(np.stack([a for _, a in items]))
+def _collate_indexed(items: list[tuple[int, np.ndarray, dict[str, torch.Tensor]]]
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    return (torch.tensor([i for i, _, _ in items]), torch.from_numpy(np.stack([a for _, a, _ in items])),
+            {k: torch.stack([f[k] for _, _, f in items]) for k in items[0][2]})
 
 
 def write_shards(paths: Sequence[Path], labels: Sequence[int] | None, out_dir: Path, per_shard: int = 1000,

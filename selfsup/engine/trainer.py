@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
         raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
-    lacking = [f for f in cls.needs_fields if f not in data.pretrain.fields]
+    lacking = [f for f in cls.needs_fields if f not in data.pretrain.field_names]
     if lacking:
         raise UserError(f"method '{cfg.method}' trains on the field{'s' * (len(lacking) > 1)} {', '.join(lacking)} "
                         f"of every sample, which '{cfg.data}' lacks (see selfsup.data.sources.ImageSet.fields)")
