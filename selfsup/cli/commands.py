@@ -131,12 +131,13 @@ def run_views(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from selfsup import evaluate
     from selfsup.backbones import stage_names
-    from selfsup.cli.evaluations import eval_rows, run_few_label, run_finetune
+    from selfsup.cli.evaluations import eval_rows, run_dense, run_few_label, run_finetune
     from selfsup.engine.trainer import resolve_device
     from selfsup.evaluate.report import format_table
 
     device = resolve_device(args.device)
-    protocols = {"fid": run_fid, "few-label": run_few_label, "finetune": run_finetune}
+    protocols = {"fid": run_fid, "few-label": run_few_label, "finetune": run_finetune, "segmentation": run_dense,
+                 "detection": run_dense}
     if args.protocol in protocols:
         return protocols[args.protocol](args, device)
     if args.plot and (args.protocol != "layers" or Path(args.plot).suffix.lower() != ".png"):

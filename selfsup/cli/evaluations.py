@@ -4,8 +4,9 @@ protocols ``eval few-label`` and ``eval finetune``."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from selfsup.cli.commands import _note
 from selfsup.errors import UserError
@@ -28,13 +29,23 @@ class Row(NamedTuple):
     backbone: str
     size: int
     encoder: nn.Module
-    data: Dataset
+    data: Any  # a Dataset, or (train, test) DenseSets for the dense protocols
 
 
-def eval_rows(args: argparse.Namespace, kinds: tuple[str, ...] = KINDS) -> list[Row]:
-    """For every ``--checkpoint``: the rows ``kinds`` (same seed for the random ones), with ``--data`` loaded at
-    the run's image size."""
+def _labeled(args: argparse.Namespace, size: int) -> Dataset:
+    """``--data`` at ``size``, which must have labeled train and test splits."""
     from selfsup.data import load_data
+
+    data = load_data(args.data, size, args.download)
+    if not data.evaluable:
+        raise UserError(f"'{args.data}' has no labeled train and test splits to evaluate on")
+    return data
+
+
+def eval_rows(args: argparse.Namespace, kinds: tuple[str, ...] = KINDS,
+              load: Callable[[argparse.Namespace, int], Any] = _labeled) -> list[Row]:
+    """For every ``--checkpoint``: the rows ``kinds`` (same seed for the random ones), with ``load(args, size)``
+    (default: ``--data`` with labels) at the run's image size; random rescaled on its train images."""
     from selfsup.engine.build import method_from_checkpoint
     from selfsup.evaluate.rescale import random_rescaled
 
@@ -44,15 +55,14 @@ def eval_rows(args: argparse.Namespace, kinds: tuple[str, ...] = KINDS) -> list[
         cfg, size = ckpt["config"], ckpt["image_size"]
         label = f"{cfg['method']} ({Path(path).resolve().name})"
         if size not in datasets:
-            datasets[size] = load_data(args.data, size, args.download)
-            if not datasets[size].evaluable:
-                raise UserError(f"'{args.data}' has no labeled train and test splits to evaluate on")
+            datasets[size] = load(args, size)
         data = datasets[size]
         for kind in kinds:
             encoder = method.encoder() if kind == "pretrained" else \
                 method_from_checkpoint(path, trained=False)[0].encoder()
             if kind == "rescaled":
-                random_rescaled(encoder, data.train.images, size)
+                train = data[0] if isinstance(data, tuple) else data.train
+                random_rescaled(encoder, train.images, size)
             bound = "" if kind == "pretrained" else f"random {'init' if kind == 'random' else kind}"
             name = f"{label}: {bound}" if bound else label
             first = f"  {bound}" if bound and "pretrained" in kinds else name
@@ -123,4 +133,37 @@ def run_finetune(args: argparse.Namespace, device: torch.device) -> int:
 
         plot_curves(curves, Path(args.plot), f"fine-tuning on {Path(args.data).name}")
     print(format_table(["run", "backbone", "fine-tune top-1 %"], table))
+    return 0
+
+
+def run_dense(args: argparse.Namespace, device: torch.device) -> int:
+    """``selfsup eval segmentation|detection``: the whole network fine-tuned with a decoder on its stage maps
+    (mIoU) or as a detector's body (mAP), pretrained against random init and random rescaled."""
+    from selfsup.data.dense_sources import load_dense
+    from selfsup.evaluate.report import format_table, plot_curves
+
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UserError(f"--plot draws the {args.protocol} curves into a .png file")
+    segmentation = args.protocol == "segmentation"
+    if segmentation:
+        from selfsup.evaluate.segmentation import segment as tune
+    else:
+        from selfsup.evaluate.detection import detect as tune
+    options = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "backbone_lr": args.backbone_lr}.items()
+               if v is not None}
+    kinds = tuple(k for k in KINDS if k in (args.init or KINDS))
+    table, curves = [], []
+    for row in eval_rows(args, kinds, lambda a, size: load_dense(a.data, size)):
+        train, test = row.data
+        _note(f"{args.protocol}: {row.name} ({row.backbone}, {row.size} px) on {len(train)} + {len(test)} images ...")
+        result = tune(row.encoder, train, test, image_size=row.size, device=device,
+                      progress=lambda m: _note("  " + m), **options)
+        scores = (result["miou"], result["pixel_acc"]) if segmentation else (result["map50"], result["map"])
+        table.append([row.label, f"{row.backbone}, {row.size} px", *scores])
+        curves.append((row.name, result["curve"]))
+    if args.plot:
+        plot_curves(curves, Path(args.plot), f"{args.protocol} on {Path(args.data).name}",
+                    ylabel="test mIoU %" if segmentation else "test mAP@0.5 %")
+    header = ["mIoU %", "pixel accuracy %"] if segmentation else ["mAP@0.5 %", "mAP@[.5:.95] %"]
+    print(format_table(["run", "backbone", *header], table))
     return 0

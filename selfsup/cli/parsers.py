@@ -80,11 +80,14 @@ def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate checkpoints: knn, linear, per-layer probes, few labels, fine-tuning",
                        description="Evaluate backbones on a labeled train/test split. Every table also "
                                    "shows the same backbone at random init and random rescaled (the lower bounds).")
-    p.add_argument("protocol", choices=["knn", "linear", "layers", "fid", "few-label", "finetune"],
+    p.add_argument("protocol", choices=["knn", "linear", "layers", "fid", "few-label", "finetune", "segmentation",
+                                        "detection"],
                    help="knn: weighted kNN (k=200, T=0.1); linear: linear probe; layers: linear probe per stage; "
                         "fid: sample quality of a generative run (ssgan) against the test images; few-label: kNN "
                         "and linear probe trained on class-balanced subsets of the train labels; finetune: the "
-                        "whole network with a new linear head, trained on the train labels")
+                        "whole network with a new linear head, trained on the train labels; segmentation / "
+                        "detection: the whole network fine-tuned with a decoder on its stage maps (mIoU) or as an "
+                        "FCOS detector's body (mAP) on --data scenes, a VOC folder or coco:ROOT")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fraction", type=_fractions, help="few-label: fractions of every class's train labels, "
                                                        "comma-separated (default 0.01,0.1)")
@@ -96,7 +99,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--lr", type=float, help="fine-tuning: the head's peak learning rate (default 0.05)")
     p.add_argument("--backbone-lr", type=float, help="fine-tuning: the backbone's (default lr / 10; 0 freezes it)")
     p.add_argument("--init", action="append", choices=["pretrained", "random", "rescaled"],
-                   help="finetune: the rows to fine-tune (repeatable; default all three)")
+                   help="finetune, segmentation, detection: the rows to fine-tune (repeatable; default all three)")
     p.add_argument("--features", help="fid: the network whose features compare real and generated images: a run "
                                       "folder / checkpoint of this project, or inception:PATH (torchvision "
                                       "Inception-v3 weights; only these give FIDs comparable to papers)")
@@ -106,7 +109,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--samples", type=_positive, default=10_000, help="fid: images of each kind (default 10000)")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run folder or checkpoint.pt; repeat to compare several in one table")
-    p.add_argument("--data", required=True, help="data SPEC with labels (as for train)")
+    p.add_argument("--data", required=True, help="data SPEC with labels (as for train); segmentation and detection: "
+                                                 "scenes, a VOC folder or coco:ROOT")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--download", action="store_true", help="allow torchvision datasets to be downloaded")
 

@@ -103,7 +103,8 @@ def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, tit
     _save(fig, ax, out, xlabel, "linear probe top-1 %", title or "linear probe per stage")
 
 
-def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "") -> None:
+def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "",
+                ylabel: str = "test top-1 %") -> None:
     """Test top-1 against epoch, one line per run (``label``, its per-epoch scores in [0, 1]): pretrained vs from
     scratch as the seeds compare them; labels ending in a lower bound of :data:`LOWER_BOUNDS` (random init, random
     rescaled) are drawn in its line style."""
@@ -117,7 +118,7 @@ def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "
         bound = next((b for b in LOWER_BOUNDS if label.endswith(b)), None)
         ax.plot(range(1, len(values) + 1), [v * 100 for v in values], marker="o" if len(values) < 30 else None,
                 ls=LOWER_BOUNDS.get(bound, "-"), label=label)
-    _save(fig, ax, out, "epoch", "test top-1 %", title or "fine-tuning")
+    _save(fig, ax, out, "epoch", ylabel, title or "fine-tuning")
 
 
 def _save(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
