@@ -1,10 +1,13 @@
 """``selfsup bench``: rows and budgets, cells written once and kept, interrupted runs resumed, the report."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 import selfsup
+import selfsup.engine.build
 from selfsup.bench import bench
 from selfsup.bench.cells import cell_names, read_cell
 from selfsup.bench.rows import BUDGETS, method_rows, row_config, same_run
@@ -118,3 +121,26 @@ def test_the_benchmarks_cpu_table_trains_the_benchs_cpu_rows(tmp_path, monkeypat
         if name == method:
             assert same_run(cpu.method_config(name, "cifar10", 1000, 256).to_dict(),
                             row_config(name, BUDGETS["cpu"], "cifar10", tmp_path)), name
+
+
+def test_the_dense_cell_fine_tunes_on_the_scenes_at_the_runs_size(monkeypatch):
+    from selfsup.bench import cells
+    from selfsup.data import dense_sources
+    from selfsup.data.dense import from_image_set
+    from selfsup.data.scenes import render_scenes
+
+    sizes = []
+
+    def tiny(spec: str, size: int):
+        sizes.append((spec, size))
+        scenes = render_scenes(12, size=size, seed=1)
+        return from_image_set(scenes.subset(torch.arange(8))), from_image_set(scenes.subset(torch.arange(8, 12)))
+
+    monkeypatch.setattr(dense_sources, "load_dense", tiny)
+    encoder = selfsup.engine.build.build_method(row_config("rotnet", BUDGETS["smoke"], "digits", Path(".")), 16,
+                                                10).encoder()
+    ctx = cells.Context(DIGITS, 16, BUDGETS["smoke"], torch.device("cpu"), progress=lambda m: None)
+    result = cells.dense(encoder, ctx)
+    assert sizes == [("scenes", 16)]
+    assert 0 <= result["miou"] <= 1 and 0 <= result["map50"] <= 1
+    assert len(result["segmentation_curve"]) == len(result["detection_curve"]) == BUDGETS["smoke"].finetune_epochs

@@ -22,7 +22,7 @@ from selfsup.data.sources import Dataset
 from selfsup.errors import UserError
 
 #: what ``--evaluations`` may name (``knn`` and ``linear`` share one feature extraction: the ``probe`` cell)
-EVALUATIONS = ("knn", "linear", "layers", "few-label", "finetune", "transfer")
+EVALUATIONS = ("knn", "linear", "layers", "few-label", "finetune", "transfer", "dense")
 FEW_LABEL = (0.01, 0.1)
 
 
@@ -71,9 +71,24 @@ def transfer(encoder: nn.Module, ctx: Context) -> dict:
     return evaluate.probe(encoder, ctx.transfer.train, ctx.transfer.test, image_size=ctx.size, device=ctx.device)
 
 
+def dense(encoder: nn.Module, ctx: Context) -> dict:
+    """Segmentation (mIoU) and detection (mAP) fine-tuned for the budget's epochs on the generated scenes, rendered
+    at the size the encoder trained at."""
+    from selfsup.data.dense_sources import load_dense
+    from selfsup.evaluate.detection import detect
+    from selfsup.evaluate.segmentation import segment
+
+    train, test = load_dense("scenes", ctx.size)
+    kw = dict(epochs=ctx.budget.finetune_epochs, image_size=ctx.size, device=ctx.device, progress=ctx.progress)
+    seg, det = segment(encoder, train, test, **kw), detect(encoder, train, test, **kw)
+    return dict(miou=seg["miou"], pixel_acc=seg["pixel_acc"], map50=det["map50"], map=det["map"],
+                segmentation_curve=seg["curve"], detection_curve=det["curve"])
+
+
 #: the cell every evaluation name computes
 CELLS: dict[str, Callable[[nn.Module, Context], dict]] = {
-    "probe": probe, "layers": layers, "few-label": few_label, "finetune": finetune, "transfer": transfer}
+    "probe": probe, "layers": layers, "few-label": few_label, "finetune": finetune, "transfer": transfer,
+    "dense": dense}
 
 
 def cell_names(evaluations: str) -> list[str]:

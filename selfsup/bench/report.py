@@ -28,7 +28,7 @@ def _mean_std(values: list[float]) -> str:
 def _columns(cells: list[str], fractions: list[str]) -> list[str]:
     cols = {"probe": ["kNN %", "linear %"], "layers": ["best layer %"],
             "few-label": [f"{f} labels linear %" for f in fractions], "finetune": ["fine-tune %"],
-            "transfer": ["transfer kNN %", "transfer linear %"]}
+            "transfer": ["transfer kNN %", "transfer linear %"], "dense": ["scenes mIoU %", "scenes mAP@0.5 %"]}
     return [c for cell in cells for c in cols[cell]]
 
 
@@ -49,6 +49,8 @@ def _values(out: Path, row: str, cells: list[str], fractions: list[str]) -> tupl
             values += [_mean_std(res[f]["linear_top1"]) if res and f in res else "" for f in fractions]
         elif cell == "finetune":
             values.append(_pct(res and res["top1"]))
+        elif cell == "dense":
+            values += [_pct(res and res["miou"]), _pct(res and res["map50"])]
     return values, commits
 
 

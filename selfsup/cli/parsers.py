@@ -209,7 +209,8 @@ def _bench_parser(sub) -> None:
                    help="cpu: small convnet, 1000 steps of 256; gpu: ResNet-18, 200 epochs of 512; smoke: seconds")
     p.add_argument("--evaluations", default="knn,linear",
                    help=f"comma-separated, or all: {', '.join(EVALUATIONS)}")
-    p.add_argument("--transfer", help="the labeled data set of the transfer evaluation (e.g. a Caltech-101 folder)")
+    p.add_argument("--transfer", help="the labeled data set of the transfer evaluation (e.g. a Caltech-101 folder); "
+                                      "dense fine-tunes on the generated scenes")
     p.add_argument("--out", default="runs/bench", help="the bench folder: run folders, cells and the report")
     p.add_argument("--force", action="store_true", help="train and evaluate everything again")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the budget's)")
