@@ -24,6 +24,7 @@ from selfsup.methods.decoupling import Decoupling
 from selfsup.methods.deepcluster import DeepCluster
 from selfsup.methods.exemplar import Exemplar
 from selfsup.methods.jigsaw import Jigsaw
+from selfsup.methods.jule import JULE
 from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
 from selfsup.methods.npid import NPID
@@ -41,7 +42,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
                                                         SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
-                                                        ContextEncoder, AND)}
+                                                        ContextEncoder, AND, JULE)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 
