@@ -117,7 +117,14 @@ BELOW_RANDOM_INIT = {"damaged-jigsaw", "context"}
 SMOKE_ELSEWHERE = {"bownet": "tests/test_bownet.py::test_loss_falls_and_knn_beats_random_init",
                    # a GAN: its losses do not fall; the samples must approach the data (its docstring: measured)
                    "bigan": "tests/test_bigan.py::test_short_digits_run_draws_digit_like_samples_and_its_knn_stays_"
-                            "near_random_init"}
+                            "near_random_init",
+                   # video methods: they need clips (the frames field), on moving-objects
+                   "shuffle-learn": "tests/test_shuffle_learn.py::test_loss_falls_and_knn_beats_random_init",
+                   "motion-segmentation": "tests/test_motion_segmentation.py::"
+                                          "test_loss_falls_and_knn_beats_random_init",
+                   # image-text methods: they need captions (the text field), on captioned digits (tests/captioned.py)
+                   "clip": "tests/test_clip.py::test_loss_falls_and_knn_beats_random_init",
+                   "texttopicnet": "tests/test_texttopicnet.py::test_loss_falls_and_knn_beats_random_init"}
 
 
 def test_every_registered_method_has_a_smoke_run():

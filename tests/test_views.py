@@ -27,13 +27,31 @@ def teacher(tmp_path_factory):
     return out
 
 
+def _data_for(name: str):
+    """Digits, or a small set with the fields the method trains on (captions, clips, scene maps)."""
+    needs = set(METHODS[name].needs_fields)
+    if "text" in needs:
+        from captioned import captioned_digits
+
+        return captioned_digits()
+    if "frames" in needs:
+        from selfsup.data.moving_objects import moving_objects
+
+        return moving_objects(clips_per_class=4, size=16)
+    if needs:
+        from selfsup.data.scenes import scenes
+
+        return scenes(train=32, test=8, size=16)
+    return DIGITS
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_shows_its_inputs_and_targets_for_the_shown_images(name, request):
     settings = SETTINGS.get(name, {})
     if name == "bownet":
         settings = dict(method_args=dict(teacher=str(request.getfixturevalue("teacher")), num_words=16, locations=2))
     cfg = selfsup.TrainConfig(method=name, data="digits", image_size=16, **settings)
-    panels, _ = method_views(cfg, count=4, data=DIGITS)
+    panels, _ = method_views(cfg, count=4, data=_data_for(name))
     assert len(panels) >= 2 and panels[0].captions is not None  # the originals with their labels, then the method's
     for p in panels:
         assert p.title and p.images.dim() == 4 and len(p.images) == 4 and p.images.shape[1] in (1, 3), p.title

@@ -103,7 +103,10 @@ class Loop:
         method.eval()
         try:
             with torch.no_grad(), autocast(self.device):
-                panels = method.outputs(images, torch.Generator(self.device).manual_seed(OUTPUTS_SEED))
+                generator = torch.Generator(self.device).manual_seed(OUTPUTS_SEED)
+                fields = {k: v[:OUTPUTS_COUNT].to(self.device) for k, v in split.fields.items()}
+                panels = method.outputs(images, generator, fields=fields) if method.needs_fields else \
+                    method.outputs(images, generator)
         finally:
             method.train(was_training)
         if panels:

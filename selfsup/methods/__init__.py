@@ -12,6 +12,7 @@ from selfsup.methods.base import Batch, Method
 from selfsup.methods.bigan import BiGAN
 from selfsup.methods.bownet import BoWNet
 from selfsup.methods.byol import BYOL
+from selfsup.methods.clip import CLIP
 from selfsup.methods.cmc import CMC
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.context import ContextPrediction
@@ -27,14 +28,17 @@ from selfsup.methods.jigsaw import Jigsaw
 from selfsup.methods.jule import JULE
 from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
+from selfsup.methods.motion_segmentation import MotionSegmentation
 from selfsup.methods.npid import NPID
 from selfsup.methods.rotnet import RotNet
+from selfsup.methods.shuffle_learn import ShuffleLearn
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.split_brain import SplitBrain
 from selfsup.methods.ssgan import SSGAN
 from selfsup.methods.supcon import SupCon
 from selfsup.methods.super_resolution import SuperResolution
 from selfsup.methods.supervised import Supervised
+from selfsup.methods.texttopicnet import TextTopicNet
 from selfsup.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID, BarlowTwins, SupCon, Triplet,
@@ -42,7 +46,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
                                                         SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
-                                                        ContextEncoder, AND, JULE)}
+                                                        ContextEncoder, AND, JULE, CLIP, TextTopicNet,
+                                                        ShuffleLearn, MotionSegmentation)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

@@ -149,11 +149,13 @@ class Method(nn.Module):
         return [Panel("view 1", first), Panel("view 2 (the positive)", second)]
 
     @torch.no_grad()
-    def outputs(self, images: torch.Tensor, generator: torch.Generator) -> list[Panel]:
+    def outputs(self, images: torch.Tensor, generator: torch.Generator,
+                fields: dict[str, torch.Tensor] | None = None) -> list[Panel]:
         """What the network makes of fixed test images (``images``: uint8 on the device), as rows of ``outputs.png``:
         inputs, targets and outputs (noised / clean / denoised, masked / inpainted, samples / reconstructions).
         Drawn in eval mode at every checkpoint and after training, also into TensorBoard; ``generator`` is seeded
-        the same every time, so that the rows of successive checkpoints compare. Default: none (no picture)."""
+        the same every time, so that the rows of successive checkpoints compare. A method with :attr:`needs_fields`
+        also gets the images' fields as ``fields=`` (e.g. their clips). Default: none (no picture)."""
         return []
 
     def encoder(self) -> nn.Module:
