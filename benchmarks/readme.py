@@ -35,3 +35,38 @@ def readme(_: argparse.Namespace) -> None:
     head = f"A typical result of the first command ({env['cpu']}, commit {env['commit']}, {env['date'][:10]}):\n\n```\n"
     README.write_text(BLOCK.sub(lambda m: head + out + m.group(3), text, count=1))
     print(out)
+
+
+BENCH = re.compile(r"(<!-- bench:(\w+) -->\n)(.*?)(<!-- /bench:\2 -->\n)", re.S)
+
+
+def readme_bench(args: argparse.Namespace) -> None:
+    """The README's bench section from a ``selfsup bench`` folder: its report's table between the markers
+    ``<!-- bench:BUDGET -->`` and ``<!-- /bench:BUDGET -->``, its plots copied to ``results/bench_BUDGET/``, so the
+    README's numbers are the report's, not typed."""
+    import shutil
+
+    bench, budget, readme_file = Path(args.bench), args.budget, Path(getattr(args, "readme", None) or README)
+    report = bench / "report.md"
+    if not report.exists():
+        raise SystemExit(f"{report} does not exist: run selfsup bench --out {bench} first")
+    lines = report.read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    pictures = readme_file.parent / "benchmarks" / "results" / f"bench_{budget}"
+    pictures.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for line in lines:
+        if line.startswith("![") and (bench / (name := line[line.index("(") + 1 : -1])).exists():
+            shutil.copy(bench / name, pictures / name)
+            plots.append(f"![{name}](benchmarks/results/bench_{budget}/{name})")
+    shutil.copy(report, pictures / "report.md")
+    body = (f"From `selfsup bench --budget {budget}` ({bench.name}/report.md, copied to "
+            f"`benchmarks/results/bench_{budget}/`; every cell's command and commit are listed there):\n\n"
+            + "\n".join(table) + "\n\n" + "\n".join(plots) + ("\n" if plots else ""))
+    text = readme_file.read_text()
+    marked = [m for m in BENCH.finditer(text) if m.group(2) == budget]
+    if not marked:
+        raise SystemExit(f"{readme_file} has no <!-- bench:{budget} --> ... <!-- /bench:{budget} --> section")
+    m = marked[0]
+    readme_file.write_text(text[: m.start(3)] + body + text[m.end(3):])
+    print(body)

@@ -131,6 +131,11 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=faults.faults)
     sub.add_parser("readme", help="regenerate the README's quick-start output (runs selfsup train)").set_defaults(
         fn=readme.readme)
+    g = sub.add_parser("readme-bench", help="the README's bench section from a selfsup bench folder's report")
+    g.add_argument("--bench", required=True, help="the selfsup bench --out folder")
+    g.add_argument("--budget", default="cpu", help="which README section (<!-- bench:BUDGET -->)")
+    g.add_argument("--readme", help="the README to write (default the project's)")
+    g.set_defaults(fn=readme.readme_bench)
     sub.add_parser("table", help="rebuild results/README.md from the JSON files").set_defaults(
         fn=lambda _: tables.write_table())
     return p
@@ -138,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme", "pretext-views")
+    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme", "readme-bench", "pretext-views")
     if needs_data and args.data != "digits" and not Path(args.data).exists():  # digits: a quick try
         raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders: "
                          f"python benchmarks/pack_images.py cifar10 {args.data} (downloads it), or pass --data")

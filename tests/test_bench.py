@@ -72,6 +72,17 @@ def test_bench_trains_evaluates_keeps_and_resumes(tmp_path):
         assert f"| {row} |" in md
     assert report.exists() and (out / "few_label.png").exists() and (out / "time.png").exists()
     assert any("2 left" in line for line in lines)  # the progress view counts down
+    # the README's bench section is the report's table, between its markers, with the plots beside it
+    import argparse
+
+    from benchmarks.readme import readme_bench
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:smoke -->\nold\n<!-- /bench:smoke -->\nrest\n")
+    readme_bench(argparse.Namespace(bench=str(out), budget="smoke", readme=str(readme)))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n<!-- bench:smoke -->\n") and text.endswith("rest\n")
+    assert "| rotnet |" in text and (tmp_path / "benchmarks/results/bench_smoke/few_label.png").exists()
     # a second bench trains and evaluates nothing: every run finished, every cell kept
     stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.json"), out / "rotnet" / "checkpoint.pt"]}
     bench("rotnet", "digits", "smoke", "knn,linear,few-label", out, say=lines.append)

@@ -13,7 +13,7 @@ RECIPES = sorted(ROOT.glob("*/*.yaml"))
 CONTRASTIVE = ("simclr", "byol", "moco", "mocov1", "npid", "barlow", "supcon", "triplet", "cmc", "and")
 #: pretext tasks, generative and clustering methods
 PRETEXT = ("rotnet", "jigsaw", "context", "counting", "aet", "exemplar", "decoupling", "damaged-jigsaw", "bownet",
-           "colorization", "ssgan", "deepcluster", "jule")
+           "colorization", "ssgan", "deepcluster", "jule", "multi-task")
 #: reconstruction and generation (issue 15)
 RECONSTRUCTION = ("dae", "context-encoder", "split-brain", "super-resolution", "mae", "cpc", "bigan")
 

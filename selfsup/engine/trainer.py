@@ -125,15 +125,16 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     cls = get_method(cfg.method)
     if cls.needs_labels and not data.pretrain.labeled:
         raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
-    lacking = [f for f in cls.needs_fields if f not in data.pretrain.field_names]
-    if lacking:
-        raise UserError(f"method '{cfg.method}' trains on the field{'s' * (len(lacking) > 1)} {', '.join(lacking)} "
-                        f"of every sample, which '{cfg.data}' lacks (see selfsup.data.sources.ImageSet.fields)")
     cfg = resolve_config(cfg, data)
     per_epoch, total = _schedule(cfg, len(data.pretrain))
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
     method, model, local_bn = _build_model(cfg, data, backbone, device)
+    # the built method's fields: a multi-task run needs its tasks'
+    lacking = [f for f in method.needs_fields if f not in data.pretrain.field_names]
+    if lacking:
+        raise UserError(f"method '{cfg.method}' trains on the field{'s' * (len(lacking) > 1)} {', '.join(lacking)} "
+                        f"of every sample, which '{cfg.data}' lacks (see selfsup.data.sources.ImageSet.fields)")
     settings = optimizer_settings(cfg)
     params = {name: [p for p in method.parameters_of(name) if p.requires_grad] for name in settings}
     optimizers = {name: build_optimizer(params[name], s, fused=device.type == "cuda" and s.optimizer != "lars")

@@ -29,6 +29,7 @@ from selfsup.methods.jule import JULE
 from selfsup.methods.mae import MAE
 from selfsup.methods.moco import MoCo
 from selfsup.methods.motion_segmentation import MotionSegmentation
+from selfsup.methods.multitask import MultiTask
 from selfsup.methods.npid import NPID
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.shuffle_learn import ShuffleLearn
@@ -47,7 +48,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
                                                         SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
                                                         ContextEncoder, AND, JULE, CLIP, TextTopicNet,
-                                                        ShuffleLearn, MotionSegmentation)}
+                                                        ShuffleLearn, MotionSegmentation, MultiTask)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 
