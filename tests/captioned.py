@@ -1,10 +1,8 @@
 """A captioned data set for the image-text methods' tests (CLIP, TextTopicNet): scikit-learn's digits, each with a
-caption naming its class by a word that is no English stop word ("three" is one, to scikit-learn), and 2 gloo
-processes against 1 on it."""
+caption naming its class by a word that is no English stop word ("three" is one, to scikit-learn); its data spec in
+tests.helpers is ``captioned-digits``."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
@@ -33,29 +31,3 @@ def captioned_digits(styled: bool = True, seed: int = 0):
     return Dataset("captioned-digits", pretrain=train, train=train, test=with_captions(digits.test),
                    augment=digits.augment)
 
-
-def _train_rank(rank: int, cfg, out: Path) -> None:
-    import selfsup
-
-    selfsup.train(cfg, out, evaluate=False, show_progress=False, data=captioned_digits())
-
-
-def assert_two_ranks_train_like_one_on_captions(tmp_path: Path, cfg, atol: float = 2e-5) -> dict:
-    """tests.helpers.assert_two_ranks_train_like_one on :func:`captioned_digits` (that helper takes a data spec, and
-    no spec has captions yet): every parameter and buffer of the two checkpoints agree. Returns the single
-    process's final state."""
-    import selfsup
-    from selfsup.engine.checkpoint import load_checkpoint
-    from tests.helpers import run_ranks
-
-    torch.set_num_threads(1)
-    selfsup.train(cfg, tmp_path / "one", evaluate=False, show_progress=False, data=captioned_digits())
-    run_ranks(_train_rank, 2, cfg, tmp_path / "two")
-    one, two = (load_checkpoint(tmp_path / d)["state"] for d in ("one", "two"))
-    assert one.keys() == two.keys()
-    for k in one:
-        if one[k].is_floating_point():
-            torch.testing.assert_close(one[k], two[k], atol=atol, rtol=1e-4, msg=k)
-        else:
-            assert torch.equal(one[k], two[k]), k
-    return one

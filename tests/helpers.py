@@ -94,7 +94,7 @@ def _dataset(name: str):
     from selfsup.data import load_data
 
     if name == "captioned-digits":  # tests/captioned.py: digits with a caption each
-        from captioned import captioned_digits
+        from tests.captioned import captioned_digits
 
         return captioned_digits()
     return colour_shapes() if name == "colour-shapes" else load_data(name)

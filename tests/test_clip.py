@@ -20,8 +20,8 @@ from selfsup.heads.text import ByteTextEncoder
 from selfsup.losses.image_text import clip_loss
 from selfsup.methods import Batch
 from selfsup.methods.clip import CLIP
-from tests.captioned import NAMES, assert_two_ranks_train_like_one_on_captions, captioned_digits
-from tests.helpers import Recorder
+from tests.captioned import NAMES, captioned_digits
+from tests.helpers import Recorder, assert_two_ranks_train_like_one
 
 SMALL_TEXT = dict(text_width=32, text_layers=1, text_heads=2, embed_dim=32)
 
@@ -176,7 +176,8 @@ def cfg(**kw):
 def test_two_processes_train_like_one(tmp_path):
     # SGD: Adam turns the rounding noise of gradients that are zero in exact arithmetic (attention's key bias, which
     # shifts every logit of a query alike) into steps of the full rate, whose signs differ between 1 and 2 processes
-    state = assert_two_ranks_train_like_one_on_captions(tmp_path, cfg(steps=4, batch_size=32, optimizer="sgd", lr=0.1))
+    state = assert_two_ranks_train_like_one(tmp_path, cfg(steps=4, batch_size=32, optimizer="sgd", lr=0.1),
+                                            "captioned-digits")
     assert float(state["log_scale"]) != pytest.approx(math.log(1 / 0.07))  # the temperature trained too
 
 

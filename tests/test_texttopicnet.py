@@ -15,8 +15,8 @@ from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
 from selfsup.methods import Batch
 from selfsup.methods.texttopicnet import TextTopicNet
-from tests.captioned import assert_two_ranks_train_like_one_on_captions, captioned_digits
-from tests.helpers import Recorder, assert_same_state
+from tests.captioned import captioned_digits
+from tests.helpers import Recorder, assert_same_state, assert_two_ranks_train_like_one
 
 DATA = captioned_digits()
 
@@ -119,7 +119,7 @@ def test_resume_at_an_epoch_boundary_keeps_the_topics_and_equals_a_straight_run(
 
 
 def test_two_processes_train_like_one(tmp_path):
-    state = assert_two_ranks_train_like_one_on_captions(tmp_path, cfg(steps=4, batch_size=32))
+    state = assert_two_ranks_train_like_one(tmp_path, cfg(steps=4, batch_size=32), "captioned-digits")
     assert bool(state["fitted"]) and len(state["topics"].argmax(1).unique()) > 5
 
 

@@ -31,7 +31,7 @@ def _data_for(name: str):
     """Digits, or a small set with the fields the method trains on (captions, clips, scene maps)."""
     needs = set(METHODS[name].needs_fields)
     if "text" in needs:
-        from captioned import captioned_digits
+        from tests.captioned import captioned_digits
 
         return captioned_digits()
     if "frames" in needs:
