@@ -51,3 +51,26 @@ def test_texts_round_trip_as_bytes_and_are_cut_at_a_character_boundary():
     assert decode_texts(rows) == ["a red circle lef", "", "größer ★"]
     cut = decode_texts(encode_texts(["ab★"], 4))  # ★ is 3 bytes: it does not fit after 'ab'
     assert cut == ["ab"]
+
+
+def test_a_method_that_needs_fields_gets_the_test_images_fields_in_its_outputs(tmp_path, monkeypatch):
+    import selfsup
+    from selfsup.data.moving_objects import moving_objects
+    from selfsup.methods.motion_segmentation import MotionSegmentation
+
+    seen = []
+    original = MotionSegmentation.outputs
+
+    def spy(self, images, generator, fields=None):
+        seen.append((images, fields))
+        return original(self, images, generator, fields=fields)
+
+    monkeypatch.setattr(MotionSegmentation, "outputs", spy)
+    data = moving_objects(clips_per_class=30, size=16)
+    cfg = selfsup.TrainConfig(method="motion-segmentation", data="moving-objects", steps=4, batch_size=64,
+                              device="cpu")
+    selfsup.train(cfg, tmp_path, evaluate=False, show_progress=False, data=data)
+    assert seen and (tmp_path / "outputs.png").exists()
+    images, fields = seen[0]
+    assert torch.equal(fields["frames"], data.test.fields["frames"][: len(images)])
+    assert torch.equal(fields["frames"][:, fields["frames"].shape[1] // 2], images)  # the clips of those very images

@@ -14,6 +14,7 @@ from selfsup.methods.bownet import BoWNet
 from selfsup.methods.byol import BYOL
 from selfsup.methods.clip import CLIP
 from selfsup.methods.cmc import CMC
+from selfsup.methods.color_tracking import ColorTracking
 from selfsup.methods.colorization import Colorization
 from selfsup.methods.context import ContextPrediction
 from selfsup.methods.context_encoder import ContextEncoder
@@ -40,6 +41,7 @@ from selfsup.methods.supcon import SupCon
 from selfsup.methods.super_resolution import SuperResolution
 from selfsup.methods.supervised import Supervised
 from selfsup.methods.texttopicnet import TextTopicNet
+from selfsup.methods.tracking import Tracking
 from selfsup.methods.triplet import Triplet
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID, BarlowTwins, SupCon, Triplet,
@@ -48,7 +50,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
                                                         SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
                                                         ContextEncoder, AND, JULE, CLIP, TextTopicNet,
-                                                        ShuffleLearn, MotionSegmentation, MultiTask)}
+                                                        ShuffleLearn, MotionSegmentation, MultiTask, Tracking,
+                                                        ColorTracking)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

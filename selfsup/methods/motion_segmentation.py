@@ -37,6 +37,7 @@ class MotionSegmentation(Method):
     """
 
     name = "motion-segmentation"
+    needs_fields = ("frames",)
     paper = "Pathak, Girshick, Dollár, Darrell, Hariharan, Learning Features by Watching Objects Move, CVPR 2017"
     augment_defaults = {"crop_scale": (0.5, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
 

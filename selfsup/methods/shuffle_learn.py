@@ -31,6 +31,7 @@ class ShuffleLearn(Method):
     """
 
     name = "shuffle-learn"
+    needs_fields = ("frames",)
     paper = ("Misra, Zitnick, Hebert, Shuffle and Learn: Unsupervised Learning using Temporal Order Verification, "
              "ECCV 2016")
     augment_defaults = {"crop_scale": (0.5, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
