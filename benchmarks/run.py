@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package, run as a script
 
-from benchmarks import accuracy, cpu, faults, gpu, host, layers, pretext_views, readme, tables
+from benchmarks import accuracy, cpu, faults, gpu, host, layers, pretext_views, readme, synthetic_da, tables
 
 DATA = "data/cifar10"  # python benchmarks/pack_images.py cifar10 data/cifar10 builds it
 
@@ -131,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=faults.faults)
     sub.add_parser("readme", help="regenerate the README's quick-start output (runs selfsup train)").set_defaults(
         fn=readme.readme)
+    synthetic_da.add_parser(sub)
     g = sub.add_parser("readme-bench", help="the README's bench section from a selfsup bench folder's report")
     g.add_argument("--bench", required=True, help="the selfsup bench --out folder")
     g.add_argument("--budget", default="cpu", help="which README section (<!-- bench:BUDGET -->)")

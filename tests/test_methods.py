@@ -127,12 +127,14 @@ SMOKE_ELSEWHERE = {"bownet": "tests/test_bownet.py::test_loss_falls_and_knn_beat
                    "shuffle-learn": "tests/test_shuffle_learn.py::test_loss_falls_and_knn_beats_random_init",
                    "motion-segmentation": "tests/test_motion_segmentation.py::"
                                           "test_loss_falls_and_knn_beats_random_init",
+                   "tracking": "tests/test_tracking.py::test_loss_falls_and_knn_beats_random_init",
+                   # its kNN is a known gap (the test's docstring): the smoke checks that tracking emerges
+                   "color-tracking": "tests/test_color_tracking.py::test_loss_falls_and_tracking_emerges",
                    # image-text methods: they need captions (the text field), on captioned digits (tests/captioned.py)
                    "clip": "tests/test_clip.py::test_loss_falls_and_knn_beats_random_init",
                    "texttopicnet": "tests/test_texttopicnet.py::test_loss_falls_and_knn_beats_random_init",
-                   "tracking": "tests/test_tracking.py::test_loss_falls_and_knn_beats_random_init",
-                   # its kNN is a known gap (the test's docstring): the smoke checks that tracking emerges
-                   "color-tracking": "tests/test_color_tracking.py::test_loss_falls_and_tracking_emerges"}
+                   # dense targets (depth, normals, contours) of the generated scenes; kNN is a known gap there
+                   "synthetic-multitask": "tests/test_synthetic.py::test_loss_falls_and_linear_probe_beats_random_init"}
 
 
 def test_every_registered_method_has_a_smoke_run():

@@ -40,6 +40,7 @@ from selfsup.methods.ssgan import SSGAN
 from selfsup.methods.supcon import SupCon
 from selfsup.methods.super_resolution import SuperResolution
 from selfsup.methods.supervised import Supervised
+from selfsup.methods.synthetic import SyntheticMultiTask
 from selfsup.methods.texttopicnet import TextTopicNet
 from selfsup.methods.tracking import Tracking
 from selfsup.methods.triplet import Triplet
@@ -49,9 +50,9 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, MoCo, NPID
                                                         Colorization, SSGAN, DeepCluster, Supervised, Exemplar,
                                                         Decoupling, DamagedJigsaw, BoWNet, DenoisingAutoencoder,
                                                         SuperResolution, BiGAN, MAE, CPC, SplitBrain, CMC,
-                                                        ContextEncoder, AND, JULE, CLIP, TextTopicNet,
-                                                        ShuffleLearn, MotionSegmentation, MultiTask, Tracking,
-                                                        ColorTracking)}
+                                                        ContextEncoder, AND, CLIP, TextTopicNet, ShuffleLearn,
+                                                        MotionSegmentation, Tracking, ColorTracking, JULE,
+                                                        SyntheticMultiTask, MultiTask)}
 
 __all__ = ["METHODS", "Batch", "Method", "get_method"]
 

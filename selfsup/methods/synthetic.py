@@ -1,0 +1,222 @@
+"""Multi-task learning on synthetic imagery with feature-space domain adaptation (Ren & Lee, "Cross-Domain
+Self-supervised Multi-task Feature Learning using Synthetic Imagery", CVPR 2018): one trunk predicts the depth,
+surface normals and instance contours of rendered scenes, while a discriminator on its feature map keeps the features
+of synthetic and real images alike."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.backbones import feature_map
+from selfsup.data.ops.base import to_float
+from selfsup.data.ops.color import hflip
+from selfsup.data.ops.dense import crop_masks
+from selfsup.data.ops.video import sample_shared_crop, shared_crop
+from selfsup.data.sources import load_data
+from selfsup.data.views import augmented, for_this_rank, prepare
+from selfsup.errors import UserError
+from selfsup.heads.domain import FeatureDiscriminator
+from selfsup.losses.gan import ns_d_loss, ns_g_loss
+from selfsup.losses.geometry import DEPTH_LOSSES, NORMAL_LOSSES, balanced_contour_bce, depth_error, normal_error
+from selfsup.methods.base import Batch, Method
+from selfsup.methods.context_encoder import DCGAN_ADAM
+from selfsup.methods.panels import Panel
+from selfsup.methods.reconstruction import pixel_decoder
+
+#: the dense targets, in the order of their channels in the stack the crop acts on, with their channel counts
+TARGETS = {"depth": 1, "normals": 3, "contours": 1}
+
+
+def mean_angle_captions(predicted: torch.Tensor, target: torch.Tensor) -> list[str]:
+    """Every image's mean angle in degrees between predicted and target unit normals ``(B, 3, H, W)``."""
+    cos = (predicted * target).sum(1).clamp(-1.0, 1.0)
+    return [f"error {v:.0f} deg" for v in torch.rad2deg(cos.acos()).flatten(1).mean(1).tolist()]
+
+
+class SyntheticMultiTask(Method):
+    """Every synthetic image (a sample of the ``scenes`` data, whose fields give its ``depth``, camera-space
+    ``normals`` and ``contours``) is cropped and flipped with its three target maps alike (the image bilinearly, the
+    maps by nearest neighbour; a flip negates the normals' x component), then colour-augmented as ``augment`` says.
+    Three pixel decoders on the backbone's last feature map predict the depth ([0, 1], near to far; ``depth_loss``
+    ``l1`` (default) or ``berhu``), the normals (``normals_loss`` ``cosine`` (default, the released code's) or ``l2``
+    on the unit normals) and a contour logit per pixel (HED's class-balanced binary cross-entropy, the paper's); the
+    loss is their sum weighted by ``depth_weight``, ``normals_weight`` and ``contours_weight`` (1 each, the released
+    config's).
+
+    ``real``: a data SPEC (``cifar10``, a folder, ...) of real images, loaded once at the run's image size, adds the
+    paper's domain adaptation in GAN-style alternating phases: each step draws as many real images as synthetic ones
+    (uniformly, with the step's generator, for the global batch) and augments them as the synthetic ones (crop,
+    flip, colour); the trunk encodes both in one pass (so batch norm sees both domains). First a ``discriminator``
+    phase (its own optimiser, DCGAN's Adam; the trunk untouched): a small convnet on the trunk's feature map (the
+    paper's conv5) is trained to call real features real and synthetic ones synthetic (cross-entropy); then the main
+    phase trains trunk and decoders on the tasks plus ``adversarial_weight`` (0.1, the released config's) times the
+    non-saturating loss that pushes the discriminator's real-probability of synthetic features up. The real images are
+    held in memory as uint8, outside the state dict. Adam at 1e-3 per 256 images, no weight decay (the released code
+    trains trunk and heads with Adam)."""
+
+    name = "synthetic-multitask"
+    paper = "Ren, Lee, Cross-Domain Self-supervised Multi-task Feature Learning using Synthetic Imagery, CVPR 2018"
+    needs_fields = tuple(TARGETS)
+    optimizer, base_lr, weight_decay = "adam", 1e-3, 0.0
+    optimizer_defaults = {"main": {}, "discriminator": DCGAN_ADAM}
+    augment_defaults = {"crop_scale": (0.5, 1.0)}
+
+    def __init__(self, *args, depth_loss: str = "l1", normals_loss: str = "cosine", depth_weight: float = 1.0,
+                 normals_weight: float = 1.0, contours_weight: float = 1.0, real: str | None = None,
+                 adversarial_weight: float = 0.1, decoder_dim: int = 256, discriminator_dim: int = 256,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if depth_loss not in DEPTH_LOSSES or normals_loss not in NORMAL_LOSSES:
+            raise UserError(f"{self.name}: depth_loss must be one of {', '.join(DEPTH_LOSSES)} and normals_loss one "
+                            f"of {', '.join(NORMAL_LOSSES)}, got '{depth_loss}' and '{normals_loss}'")
+        weights = (depth_weight, normals_weight, contours_weight, adversarial_weight)
+        if min(weights) < 0 or not all(math.isfinite(w) for w in weights) or decoder_dim < 1 or discriminator_dim < 1:
+            raise UserError(f"{self.name}: the loss weights must be finite and >= 0, decoder_dim and discriminator_dim "
+                            f"at least 1")
+        self.depth_loss, self.normals_loss = depth_loss, normals_loss
+        self.weights = dict(zip(TARGETS, (depth_weight, normals_weight, contours_weight)))
+        self.adversarial_weight = adversarial_weight
+        self.decoders = torch.nn.ModuleDict({k: pixel_decoder(self.backbone, self.in_channels, self.image_size, c,
+                                                              decoder_dim) for k, c in TARGETS.items()})
+        self.real = None if real in (None, "", "none") else str(real)
+        if self.real is not None:
+            self.register_buffer("real_images", self._load_real(self.real), persistent=False)
+            channels = self.decoders["depth"].body[0].in_channels  # the feature map's, measured by pixel_decoder
+            self.discriminator = FeatureDiscriminator(channels, discriminator_dim)
+            self.phases = ["discriminator", "main"]
+
+    def _load_real(self, spec: str) -> torch.Tensor:
+        """The real set's images, uint8 ``(N, 3, H, W)``, refused with one line where it cannot be held in memory."""
+        try:
+            images = load_data(spec, self.image_size).pretrain.images
+        except UserError as e:
+            raise UserError(f"{self.name}: the real images real={spec} cannot be loaded: {e}") from None
+        if not isinstance(images, torch.Tensor) or len(images) == 0:
+            raise UserError(f"{self.name}: the real images real={spec} must be a non-empty set held in memory")
+        return images
+
+    def parameters_of(self, optimizer: str) -> list[torch.nn.Parameter]:
+        if optimizer == "discriminator":
+            return list(self.discriminator.parameters()) if self.real is not None else []
+        return [*self.backbone.parameters(), *self.decoders.parameters()]
+
+    def _colour(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The photometric part of ``augment`` (colour jitter, grey, blur, solarize) of cropped [0, 1] views: the
+        augmentation with a crop of the whole view and no flip, drawn for the global batch."""
+        colour = replace(self.aug, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
+        return augmented(x, colour, self.image_size, generator)
+
+    def _geometry(self, images: torch.Tensor, fields: dict[str, torch.Tensor] | None,
+                  params: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """The crops and flips ``params`` ((top, left, h, w, flip) rows, :func:`sample_shared_crop`) of the images
+        (bilinear, float [0, 1]) and of their targets if ``fields`` are given (nearest neighbour): depth in [0, 1],
+        unit normals (x negated where flipped), 0/1 contours."""
+        x = shared_crop(to_float(images), params, self.image_size)
+        if fields is None:
+            return x, None
+        flip = params[:, 4].to(images.device) > 0.5
+        stack = torch.cat([fields[k].float() for k in TARGETS], 1).permute(0, 2, 3, 1)
+        maps = hflip(crop_masks(stack, params[:, :4], self.image_size).permute(0, 3, 1, 2), flip) / 255.0
+        depth, normals, contours = maps.split(list(TARGETS.values()), 1)
+        sign = torch.ones(len(flip), 3, 1, 1, device=maps.device)
+        sign[:, 0] = torch.where(flip, -1.0, 1.0).view(-1, 1, 1)
+        normals = F.normalize((normals * 2.0 - 1.0) * sign, dim=1, eps=1e-8)
+        return x, {"depth": depth, "normals": normals, "contours": (contours >= 0.5).float()}
+
+    def _synthetic(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The network's synthetic input (float [0, 1]: cropped, flipped, colour-augmented) and its targets; the
+        crops and flips are drawn for the global batch."""
+        missing = [k for k in TARGETS if k not in batch.fields]
+        if missing:
+            raise UserError(f"{self.name} trains on rendered scenes: the data lacks the field(s) {', '.join(missing)} "
+                            f"(use data: scenes)")
+        b, _, h, w = batch.images.shape
+        aug = self.aug
+        params = for_this_rank(lambda n: sample_shared_crop(n, h, w, aug.crop_scale, aug.crop_ratio, aug.flip_p,
+                                                            batch.generator, batch.images.device), b)
+        x, targets = self._geometry(batch.images, batch.fields, params)
+        return self._colour(x, batch.generator), targets
+
+    def real_indices(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Which real images this rank's ``n`` rows get: uniform draws for the global batch, this rank's share."""
+        count = len(self.real_images)
+        return for_this_rank(lambda m: torch.randint(0, count, (m,), generator=generator, device=generator.device), n)
+
+    def _real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` real images augmented as the synthetic ones (float [0, 1])."""
+        picked = self.real_images[self.real_indices(n, generator).to(self.real_images.device)]
+        return augmented(picked, self.aug, self.image_size, generator)
+
+    def predict(self, fmap: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decoders' raw outputs at ``image_size``: depth, normals (any length) and contour logits."""
+        return {k: d(fmap, self.image_size) for k, d in self.decoders.items()}
+
+    def task_terms(self, predicted: dict[str, torch.Tensor],
+                   targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The three weighted task losses."""
+        losses = {"depth": depth_error(predicted["depth"], targets["depth"], self.depth_loss),
+                  "normals": normal_error(predicted["normals"], targets["normals"], self.normals_loss),
+                  "contours": balanced_contour_bce(predicted["contours"], targets["contours"])}
+        return {k: self.weights[k] * v for k, v in losses.items()}
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        x, targets = self._synthetic(batch)
+        if self.real is None:
+            return self.task_terms(self.predict(feature_map(self.backbone, prepare(x))), targets)
+        n = len(x)
+        both = prepare(torch.cat([x, self._real(n, batch.generator)]))
+        if self.phases[batch.phase] == "discriminator":  # real features real, synthetic ones synthetic
+            with torch.no_grad():
+                fmap = feature_map(self.backbone, both)
+            logits = self.discriminator(fmap).float()
+            return {"domain": ns_d_loss(logits[n:], logits[:n])}
+        fmap = feature_map(self.backbone, both)[:n]
+        terms = self.task_terms(self.predict(fmap), targets)
+        terms["adversarial"] = self.adversarial_weight * ns_g_loss(self.discriminator(fmap).float())
+        return terms
+
+    @staticmethod
+    def _shown(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Maps as pictures in [0, 1]: depth (clamped), normals as (n + 1) / 2 of the unit normal, contour
+        probabilities (of logits) or 0/1 targets."""
+        return {"depth": maps["depth"].float().clamp(0.0, 1.0),
+                "normals": (F.normalize(maps["normals"].float(), dim=1, eps=1e-8) + 1.0) / 2.0,
+                "contours": maps["contours"].float()}
+
+    @torch.no_grad()
+    def views(self, batch: Batch) -> list[Panel]:
+        x, targets = self._synthetic(batch)
+        shown = self._shown(targets)
+        rows = [Panel("what the network sees: the synthetic image (cropped, flipped, colour-augmented)", x),
+                Panel("target: depth (dark near, light far; the same crop and flip)", shown["depth"]),
+                Panel("target: surface normals (x, y, z as RGB; x negated where flipped)", shown["normals"]),
+                Panel("target: instance contours (class-balanced cross-entropy)", shown["contours"],
+                      [f"{v:.0%} contour" for v in targets["contours"].flatten(1).mean(1).tolist()])]
+        if self.real is not None:
+            rows.append(Panel("real images, augmented alike: the discriminator tells their features from the "
+                              "synthetic ones", self._real(len(x), batch.generator)))
+        return rows
+
+    @torch.no_grad()
+    def outputs(self, images: torch.Tensor, generator: torch.Generator,
+                fields: dict[str, torch.Tensor] | None = None) -> list[Panel]:
+        """Rows of ``outputs.png`` under the test images: each predicted map (depth, normals, contour probability),
+        under its target where the images' ``fields`` are given (the whole image, no flip)."""
+        b, _, h, w = images.shape
+        whole = torch.tensor([[0.0, 0.0, h, w, 0.0]], device=images.device).expand(b, -1)
+        given = fields if fields is not None and all(k in fields for k in TARGETS) else None
+        x, targets = self._geometry(images, given, whole)
+        raw = self.predict(feature_map(self.backbone, prepare(x)))
+        predicted = self._shown({**raw, "contours": torch.sigmoid(raw["contours"].float())})
+        if targets is None:
+            return [Panel(f"predicted {k}", v) for k, v in predicted.items()]
+        captions = {"depth": [f"error {v:.3f}" for v in (predicted["depth"] - targets["depth"]).abs().flatten(1)
+                              .mean(1).tolist()],
+                    "normals": mean_angle_captions(predicted["normals"] * 2.0 - 1.0, targets["normals"]),
+                    "contours": None}
+        return [row for k, shown in self._shown(targets).items()
+                for row in (Panel(f"target {k}", shown), Panel(f"predicted {k}", predicted[k], captions[k]))]
