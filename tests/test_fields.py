@@ -74,3 +74,15 @@ def test_a_method_that_needs_fields_gets_the_test_images_fields_in_its_outputs(t
     images, fields = seen[0]
     assert torch.equal(fields["frames"], data.test.fields["frames"][: len(images)])
     assert torch.equal(fields["frames"][:, fields["frames"].shape[1] // 2], images)  # the clips of those very images
+
+
+def test_data_without_a_methods_fields_is_one_line_naming_where_they_come_from(tmp_path, capsys):
+    from selfsup.cli import main
+
+    for method, source in (("clip", "photo.txt"), ("shuffle-learn", "moving-objects"),
+                           ("synthetic-multitask", "--data scenes")):
+        out = str(tmp_path / method)
+        assert main(["train", "--method", method, "--data", "digits", "--steps", "2", "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lacks" in err[0] and source in err[0], err
+        assert not (tmp_path / method).exists()  # refused before anything is written

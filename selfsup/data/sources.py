@@ -27,6 +27,11 @@ DATASETS = {
               "labels = shape of the largest object",
 }
 
+#: where a field comes from (the error that names a missing field says it)
+FIELD_SOURCES = {"frames": "a video folder, or --data moving-objects",
+                 "text": "captions beside the images (photo.txt), tar shards with key.txt, or --data scenes",
+                 **{f: "--data scenes" for f in ("depth", "normals", "contours", "segmentation", "boxes")}}
+
 
 @dataclass
 class ImageSet:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from selfsup.config import TrainConfig, config_from_dict, validate
-from selfsup.data.sources import Dataset, load_data
+from selfsup.data.sources import FIELD_SOURCES, Dataset, load_data
 from selfsup.distributed import broadcast_object, convert_sync_batchnorm, init_from_env, is_main_process, world_size
 from selfsup.engine.build import build_method, check_method_args, load_state, optimizer_settings, resolve_config
 from selfsup.engine.checkpoint import load_checkpoint
@@ -133,8 +133,9 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     # the built method's fields: a multi-task run needs its tasks'
     lacking = [f for f in method.needs_fields if f not in data.pretrain.field_names]
     if lacking:
+        where = "; ".join(dict.fromkeys(FIELD_SOURCES[f] for f in lacking if f in FIELD_SOURCES))
         raise UserError(f"method '{cfg.method}' trains on the field{'s' * (len(lacking) > 1)} {', '.join(lacking)} "
-                        f"of every sample, which '{cfg.data}' lacks (see selfsup.data.sources.ImageSet.fields)")
+                        f"of every sample, which '{cfg.data}' lacks" + (f"; use {where}" if where else ""))
     settings = optimizer_settings(cfg)
     params = {name: [p for p in method.parameters_of(name) if p.requires_grad] for name in settings}
     optimizers = {name: build_optimizer(params[name], s, fused=device.type == "cuda" and s.optimizer != "lars")
