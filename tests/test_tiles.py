@@ -235,7 +235,8 @@ def _view_tiles_reference(images, view, flips, grey, size, boxes, out):
 @pytest.mark.parametrize("aug", [{}, dict(flip_p=0.0, gray_p=0.0), dict(gray_p=1.0)])
 @pytest.mark.parametrize("out", [None, 11])  # the tiles' own 7 px (one sampling pass from the images), or resized
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-def test_augment_tiles_matches_cutting_per_image_views(shape, aug, out, dtype):
+def test_augment_tiles_matches_cutting_per_image_views(shape, aug, out, dtype, monkeypatch):
+    monkeypatch.setattr(A, "TILE_CHUNK", 5)  # the CPU cuts 5 images at a time: 5 + 5 + 2
     batch, size, side = 12, 27, 7  # 9 px cells, tiles of round(9 * 64 / 85) = 7 px
     cfg = A.AugmentConfig(**{**JIGSAW_AUG, **aug})
     images = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8, generator=_gen(1))
@@ -256,6 +257,24 @@ def test_augment_tiles_matches_cutting_per_image_views(shape, aug, out, dtype):
     assert tiles.shape == (batch, 9, 3, out or side, out or side) and tiles.dtype == torch.float32
     assert tiles.is_contiguous()
     assert_close(tiles, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("aug", [{}, dict(jitter_p=0.8)])  # tiles cut straight from the images, or views first
+def test_augment_tiles_finishes_every_image_once_in_order(aug, monkeypatch):
+    monkeypatch.setattr(A, "TILE_CHUNK", 5)
+    cfg = A.AugmentConfig(**{**JIGSAW_AUG, **aug})
+    images = torch.randint(0, 256, (12, 3, 30, 30), dtype=torch.uint8, generator=_gen(0))
+    boxes = J.sample_grid_tiles(12, 27, 27, generator=_gen(9))
+    plain = A.augment_tiles(images, cfg, 27, _gen(3), 7)(boxes)
+    seen = []
+
+    def finish(tiles: torch.Tensor, rows: slice) -> torch.Tensor:
+        seen.extend(range(12)[rows])
+        return J.normalize_tiles(tiles)
+
+    finished = A.augment_tiles(images, cfg, 27, _gen(3), 7)(boxes, finish)
+    assert seen == list(range(12))
+    assert_close(finished, J.normalize_tiles(plain), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("aug", [dict(jitter_p=0.8), dict(blur_p=0.5), dict(solarize_p=0.5)])

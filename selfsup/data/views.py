@@ -41,10 +41,11 @@ def augmented(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: to
 
 
 def augmented_tiles(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torch.Generator, side: int,
-                    out: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+                    out: int | None = None) -> Callable[..., torch.Tensor]:
     """:func:`~selfsup.data.augment.augment_tiles`: draws one augmented view of every image now and returns
-    ``cut(boxes)``, the ``side`` px tiles ``boxes`` ``(B, T, 4)`` of the views (drawn after this call) at ``out``
-    px, float [0, 1], cut straight from the images where the augmentation allows; under torch.distributed each
+    ``cut(boxes, finish=None)``, the ``side`` px tiles ``boxes`` ``(B, T, 4)`` of the views (drawn after this call)
+    at ``out`` px, float [0, 1], cut straight from the images where the augmentation allows, then ``finish``ed;
+    under torch.distributed each
     rank draws its rows of the global batch's views, as :func:`augmented` does."""
     return augment_tiles(images, cfg, size, generator, side, out, shard=(rank(), world_size()))
 

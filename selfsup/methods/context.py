@@ -94,30 +94,31 @@ class ContextPrediction(Method):
     def patch_pairs(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The network's input for a uint8 batch: the patches ``(B, 2, 3, s, s)`` (centre, neighbour) and the
         neighbour's label ``(B,)``. Draws, in order: the augmentation, the pairs, then (colour dropping) the
-        kept channels and the noise, each for the global batch (:func:`~selfsup.data.views.for_this_rank`)."""
-        b, device = len(images), images.device
+        kept channels and the noise, each for the global batch (:func:`~selfsup.data.views.for_this_rank`). With
+        crops, flips and grayscale only and patches at their own size (the defaults), the patches are sampled
+        straight from the images (:func:`~selfsup.data.augment.augment_tiles`: the same draws and pixels as making
+        the views first, at a fraction of the cost) and finished a few images at a time."""
+        b, device, size = len(images), images.device, self.image_size
         with torch.autocast(device.type, enabled=False):  # exact float32 sampling, also inside a bf16 step
-            patches, boxes = self._crop(images, generator)
+            cut = augmented_tiles(images, self.aug, size, generator, self.patch, self.patch_size)
+            boxes = for_this_rank(lambda n: sample_patch_pairs(n, size, size, self.patch, self.gap, self.jitter,
+                                                               generator, device), b)
+            keep = noise = None
             if self.chroma == "drop":
                 keep = for_this_rank(lambda n: sample_kept_channel(n, 2, 3, generator, device), b)
-                shape, noise = (2, 2, self.patch_size, self.patch_size), None  # the 2 dropped channels per patch
-                if self.drop_noise:
+                if self.drop_noise:  # the 2 dropped channels of each patch
+                    shape = (2, 2, self.patch_size, self.patch_size)
                     noise = for_this_rank(lambda n: sample_noise((n, *shape), generator, device), b)
-                patches = drop_channels(patches, keep, noise, self.drop_noise)
-            elif self.chroma == "project":
-                patches = project_chroma(patches)
-            return standardise_patches(patches), neighbour_position(boxes)
 
-    def _crop(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """The augmented views' patch pairs ``(B, 2, 3, s, s)`` in [0, 1] and their boxes ``(B, 2, 4)``. With crops,
-        flips and grayscale only and patches at their own size (the defaults), sampled straight from the images
-        (:func:`~selfsup.data.augment.augment_tiles`: the same draws and pixels as making the views first, at a
-        fraction of the cost)."""
-        b, device, size = len(images), images.device, self.image_size
-        cut = augmented_tiles(images, self.aug, size, generator, self.patch, self.patch_size)
-        boxes = for_this_rank(lambda n: sample_patch_pairs(n, size, size, self.patch, self.gap, self.jitter,
-                                                           generator, device), b)
-        return cut(boxes), boxes
+            def finish(patches: Tensor, rows: slice) -> Tensor:
+                if keep is not None:
+                    patches = drop_channels(patches, keep[rows], None if noise is None else noise[rows],
+                                            self.drop_noise)
+                elif self.chroma == "project":
+                    patches = project_chroma(patches)
+                return standardise_patches(patches)
+
+            return cut(boxes, finish), neighbour_position(boxes)
 
     def training_step(self, batch: Batch) -> Tensor:
         patches, position = self.patch_pairs(batch.images, batch.generator)

@@ -66,7 +66,7 @@ class Jigsaw(Method):
         boxes = for_this_rank(lambda n: sample_grid_tiles(n, size, size, self.grid, self.tile_frac, generator,
                                                           device), b)
         index = for_this_rank(lambda n: sample_permutation_index(n, len(self.permutations), generator, device), b)
-        return normalize_tiles(cut(permute_tiles(boxes, self.permutations, index))), index
+        return cut(permute_tiles(boxes, self.permutations, index), lambda tiles, _: normalize_tiles(tiles)), index
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         tiles, index = self.puzzle(batch.images, batch.generator)

@@ -7,6 +7,8 @@ images through a random resized crop and flip (:func:`crop_view_tiles`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -99,7 +101,7 @@ def neighbour_position(boxes: Tensor) -> Tensor:
 
 
 def crop_view_tiles(images: Tensor, view_boxes: Tensor, flips: Tensor | None, view_size: int, boxes: Tensor,
-                    side: int) -> Tensor:
+                    side: int, out: Tensor | None = None) -> Tensor:
     """The tiles ``boxes`` ``(B, T, 4)`` (whole pixels, ``side`` x ``side``) of the views that a random resized
     crop to ``view_boxes`` ``(B, 4)`` at ``view_size`` and a flip where ``flips`` ``(B,)`` make of float
     ``images`` ``(B, C, H, W)``, without making the views: ``(B, T, C, side, side)``, contiguous.
@@ -109,7 +111,8 @@ def crop_view_tiles(images: Tensor, view_boxes: Tensor, flips: Tensor | None, vi
     pixel is the view's bilinear sample of ``images``, at the same source coordinates (the view's sampling grid
     rows and, mirrored where flipped, columns), in one ``grid_sample`` over the tiles' pixels only. Two 36 px
     patches of a 96 px view are a quarter of its pixels, jigsaw's nine 24 px tiles 56%. The tiles of both methods'
-    views are cut with it by :func:`selfsup.data.augment.augment_tiles`.
+    views are cut with it by :func:`selfsup.data.augment.augment_tiles`. ``out``: the float32 tensor to write
+    them into (returned).
     """
     batch, channels, height, width = images.shape
     tiles = boxes.shape[1]
@@ -124,9 +127,11 @@ def crop_view_tiles(images: Tensor, view_boxes: Tensor, flips: Tensor | None, vi
     grid = images.new_empty(batch, tiles, side, side, 2)  # written in place: no expanded copies to stack
     grid[..., 0] = cols.view(batch, tiles, 1, side)
     grid[..., 1] = rows.view(batch, tiles, side, 1)
-    out = F.grid_sample(images, grid.view(batch, tiles * side, side, 2), mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    return out.view(batch, channels, tiles, side, side).transpose(1, 2).contiguous()
+    sampled = F.grid_sample(images, grid.view(batch, tiles * side, side, 2), mode="bilinear",
+                            padding_mode="border", align_corners=False).view(batch, channels, tiles, side, side)
+    if out is None:
+        return sampled.transpose(1, 2).contiguous()
+    return out.copy_(sampled.transpose(1, 2))
 
 
 def sample_kept_channel(batch: int, patches: int = 2, channels: int = 3, generator: torch.Generator | None = None,
@@ -162,7 +167,8 @@ def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor | None = None, sc
     if noise is None:
         out = torch.zeros_like(planes)
     else:
-        std = kept.std((-2, -1), correction=0, keepdim=True)
+        centred = kept - kept.mean((-2, -1), keepdim=True)  # the population std as a norm: 20x torch.std on CPU
+        std = torch.linalg.vector_norm(centred, dim=(-2, -1), keepdim=True) / math.sqrt(h * w)
         fill = noise.to(patches).reshape(len(keep), channels - 1, h, w) * (std * scale).unsqueeze(1)
         out = torch.empty_like(planes).index_copy_(0, dropped_rows.flatten(), fill.view(-1, h, w))
     return out.index_copy_(0, kept_rows, kept).view(patches.shape)
