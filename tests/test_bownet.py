@@ -20,7 +20,7 @@ from selfsup.engine.build import method_from_checkpoint
 from selfsup.heads.cosine import CosineClassifier
 from selfsup.losses.soft import soft_cross_entropy
 from selfsup.methods import Batch
-from selfsup.methods.bownet import bars
+from selfsup.methods.panels import bars
 from tests.helpers import assert_two_ranks_train_like_one
 
 DIGITS = load_data("digits")

@@ -4,11 +4,8 @@ CVPR 2020)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from selfsup.data.ops.base import resize
 from selfsup.data.ops.cutmix import cutmix, kept_fraction, partners, sample_cutmix
@@ -19,32 +16,8 @@ from selfsup.errors import UserError
 from selfsup.heads.cosine import CosineClassifier
 from selfsup.losses.soft import soft_cross_entropy
 from selfsup.methods.base import Batch, EpochContext, Method
-from selfsup.methods.panels import Panel
-
-BAR_HEIGHT = 32  # pixels of the histogram pictures of views()
-
-
-def load_teacher(source: str | Path) -> tuple[nn.Module, int]:
-    """The evaluated encoder of a run of this project (its folder or checkpoint) and the image size it was
-    trained at; any method's run can teach, a BoWNet one included (the student becomes the next teacher)."""
-    from selfsup.engine.build import method_from_checkpoint  # here: selfsup.engine imports the methods
-
-    method, ckpt = method_from_checkpoint(source)
-    return freeze(method.encoder()).eval(), int(ckpt["image_size"])
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """``module`` with no trainable parameter, in place: every (affine, tracking) BatchNorm2d becomes a
-    FrozenBatchNorm2d with its statistics (the same function as the layer in eval mode, and not a batch-norm
-    layer that a conversion to global batch norm would replace with trainable copies)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and child.affine and child.track_running_stats:
-            frozen = FrozenBatchNorm2d(child.num_features, child.eps)
-            frozen.load_state_dict(child.state_dict())  # drops num_batches_tracked
-            setattr(module, name, frozen)
-        else:
-            freeze(child)
-    return module.requires_grad_(False)
+from selfsup.methods.panels import Panel, bars
+from selfsup.methods.teacher import load_teacher
 
 
 class BoWNet(Method):
@@ -172,10 +145,3 @@ class BoWNet(Method):
                 Panel("what the student sees: the perturbed view", x, mixed),
                 Panel("what it must predict: the bag of visual words (top words)", bars(target), words)]
 
-
-def bars(histograms: torch.Tensor, height: int = BAR_HEIGHT) -> torch.Tensor:
-    """Histograms ``(N, K)`` drawn as bar charts ``(N, 1, height, K)``: column ``k`` lit from the bottom up to
-    ``height * y_k / max_k y_k`` (rounded), white on black."""
-    level = (histograms / histograms.amax(1, keepdim=True).clamp_min(1e-12) * height).round()
-    rows = torch.arange(height, 0, -1, device=histograms.device).view(1, height, 1)  # the top row needs `height`
-    return (rows <= level.unsqueeze(1)).float().unsqueeze(1)

@@ -53,3 +53,11 @@ def mosaic(tiles: Tensor, columns: int, gap: int = 1, fill: float = 1.0) -> Tens
     grid = cells.view(n, rows, columns, c, h + gap, w + gap).permute(0, 3, 1, 4, 2, 5)
     return grid.reshape(n, c, rows * (h + gap), columns * (w + gap))[..., : rows * (h + gap) - gap,
                                                                       : columns * (w + gap) - gap]
+
+
+def bars(histograms: torch.Tensor, height: int = 32) -> torch.Tensor:
+    """Histograms ``(N, K)`` drawn as bar charts ``(N, 1, height, K)``: column ``k`` lit from the bottom up to
+    ``height * y_k / max_k y_k`` (rounded), white on black."""
+    level = (histograms / histograms.amax(1, keepdim=True).clamp_min(1e-12) * height).round()
+    rows = torch.arange(height, 0, -1, device=histograms.device).view(1, height, 1)  # the top row needs `height`
+    return (rows <= level.unsqueeze(1)).float().unsqueeze(1)

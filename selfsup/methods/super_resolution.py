@@ -13,8 +13,8 @@ from selfsup.data.ops.resample import check_filters, low_resolution
 from selfsup.data.views import prepare
 from selfsup.errors import UserError
 from selfsup.losses.pixel import reconstruction_error
-from selfsup.methods.bownet import load_teacher
 from selfsup.methods.reconstruction import Reconstruction
+from selfsup.methods.teacher import load_teacher
 
 
 class SuperResolution(Reconstruction):
