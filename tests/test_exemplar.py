@@ -210,11 +210,14 @@ def test_the_seeds_are_the_only_images_drawn_and_each_is_its_own_class():
 
 
 def test_bad_options_are_one_line_errors():
-    with pytest.raises(UserError, match="seeds must be between 2 and the 1347 images"):
+    with pytest.raises(UserError, match="seeds must be 'all' or between 2 and the 1347 images"):
         _method(seeds=5000)
+    with pytest.raises(UserError, match="seeds must be 'all'"):
+        _method(seeds="many")
     with pytest.raises(UserError, match="patch_min"):
         _method(patch_min=0.9, patch_max=0.5)
     assert _method().seeds == 1347  # the default 4,000, capped by a smaller set
+    assert _method(seeds="all").seeds == 1347
 
 
 def test_a_step_cuts_transforms_and_classifies_each_seed_patch_as_a_per_image_reference_does():

@@ -38,6 +38,8 @@ LOWER, UPPER = ("random init", "random rescaled"), "supervised"
 SETTINGS: dict[str, tuple[dict, dict]] = {
     "mae": ({}, {"backbone": "vit-tiny"}),
     "bownet": ({"teacher": "RUN:rotnet"}, {}),
+    # every image an exemplar seed, so that all four tasks see the whole set (recipes/cifar10/multi-task.yaml)
+    "multi-task": ({"lasso": True, "task_args": {"exemplar": {"seeds": "all"}}}, {}),
 }
 GANS = ("ssgan", "bigan")
 #: rows another row learns from, trained first

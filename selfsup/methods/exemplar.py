@@ -22,10 +22,10 @@ DEFAULT_SEEDS = 4000
 
 
 class Exemplar(Method):
-    """Before the first epoch, ``seeds`` images are drawn at random (default 4,000, or the whole set if smaller)
-    and every image gets two uniform numbers (buffers saved with the run: a resume is exact): the first sets its
-    patch side, uniform on [``patch_min``, ``patch_max``] of the image's shorter side, the second picks where the
-    patch lies, with probability proportional to the squared gradient magnitude inside it (the paper's
+    """Before the first epoch, ``seeds`` images are drawn at random (default 4,000, or the whole set if smaller;
+    ``all``: every image) and every image gets two uniform numbers (buffers saved with the run: a resume is exact):
+    the first sets its patch side, uniform on [``patch_min``, ``patch_max``] of the image's shorter side, the second
+    picks where the patch lies, with probability proportional to the squared gradient magnitude inside it (the paper's
     "considerable gradients"). The pixels' principal components over the whole set (one pass) feed the colour
     transform. Every epoch draws only seeds (sampling weights), so a batch is seed images; the step cuts every
     seed's patch and transforms it anew, as the paper's surrogate classes are made of (here drawn afresh every
@@ -44,14 +44,16 @@ class Exemplar(Method):
     paper = ("Dosovitskiy, Springenberg, Riedmiller, Brox, Discriminative Unsupervised Feature Learning with "
              "Convolutional Neural Networks, NIPS 2014")
 
-    def __init__(self, *args, seeds: int | None = None, patch_min: float = 0.6, patch_max: float = 1.0,
+    def __init__(self, *args, seeds: int | str | None = None, patch_min: float = 0.6, patch_max: float = 1.0,
                  translate: float = 0.2, degrees: float = 20.0, color: bool = True, head_hidden_dim: int = 512,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self.num_samples <= 0:
             raise UserError("exemplar draws its seed images from the training set and needs its size (num_samples)")
-        if seeds is not None and not 2 <= seeds <= self.num_samples:
-            raise UserError(f"exemplar: seeds must be between 2 and the {self.num_samples} images (got {seeds})")
+        seeds = self.num_samples if seeds == "all" else seeds
+        if seeds is not None and not (isinstance(seeds, int) and 2 <= seeds <= self.num_samples):
+            raise UserError(f"exemplar: seeds must be 'all' or between 2 and the {self.num_samples} images (got "
+                            f"{seeds})")
         if not 0 < patch_min <= patch_max <= 1:
             raise UserError(f"exemplar: need 0 < patch_min <= patch_max <= 1 (got {patch_min}, {patch_max})")
         if translate < 0 or degrees < 0:
