@@ -22,7 +22,8 @@ from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
 from selfsup.losses.pointer import pointer_colour_loss, pointer_copy
 from selfsup.methods import Batch
-from selfsup.methods.color_tracking import ColorTracking, part_labels, propagate
+from selfsup.methods.color_tracking import ColorTracking, propagate
+from selfsup.methods.video import part_labels
 from tests.helpers import assert_two_ranks_train_like_one
 
 SHAPES = ("disk", "square", "cross", "ring")
@@ -131,7 +132,7 @@ def test_the_colours_are_k_means_of_the_training_sets_ab_fitted_once(monkeypatch
     expected = rgb_to_lab(torch.tensor(palette).float().view(3, 3, 1, 1) / 255)[:, 1:, 0, 0]
     order = lambda c: c[c[:, 0].argsort()]  # noqa: E731
     torch.testing.assert_close(order(method.colours), order(expected), atol=1e-3, rtol=0)
-    monkeypatch.setattr("selfsup.methods.color_tracking.kmeans", lambda *a, **k: pytest.fail("clustered again"))
+    monkeypatch.setattr("selfsup.methods.color_tracking.subset_kmeans", lambda *a, **k: pytest.fail("clustered again"))
     method.on_epoch_start(Epoch(1, frames[:, 1].contiguous(), method, {}, torch.device("cpu"), 0, {"frames": frames}))
     assert "colours" in method.state_dict()
 

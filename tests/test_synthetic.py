@@ -15,6 +15,7 @@ from torchvision.transforms import InterpolationMode
 import selfsup
 import selfsup.data.views as views_module
 from selfsup.backbones import build_backbone, feature_map
+from selfsup.data.ops.dense import GEOMETRY_MAPS
 from selfsup.data.ops.video import sample_shared_crop
 from selfsup.data.scenes import render_scenes
 from selfsup.data.views import prepare
@@ -23,7 +24,7 @@ from selfsup.engine.step import Stepper
 from selfsup.errors import UserError
 from selfsup.losses.geometry import balanced_contour_bce, contour_weights, depth_error, normal_error
 from selfsup.methods import Batch
-from selfsup.methods.synthetic import TARGETS, SyntheticMultiTask
+from selfsup.methods.synthetic import SyntheticMultiTask
 from tests.helpers import assert_two_ranks_train_like_one
 
 SCENES = render_scenes(8, size=16, seed=3)
@@ -120,12 +121,12 @@ def test_balanced_contour_bce_matches_heds_formula_in_a_float64_loop():
 def reference_views(images: torch.Tensor, fields: dict, params: torch.Tensor, size: int) -> tuple[torch.Tensor, dict]:
     """Image by image with torchvision: the image cropped bilinearly, the maps by nearest neighbour, mirrored where
     flagged; the normals decoded to [-1, 1], x negated where mirrored, made unit; contours at >= 1/2."""
-    xs, outs = [], {k: [] for k in TARGETS}
+    xs, outs = [], {k: [] for k in GEOMETRY_MAPS}
     for i, (top, left, h, w, flip) in enumerate(params.tolist()):
         box = (int(top), int(left), int(h), int(w), [size, size])
         x = TF.resized_crop(images[i].float() / 255, *box, antialias=False)
         xs.append(TF.horizontal_flip(x) if flip else x)
-        for k in TARGETS:
+        for k in GEOMETRY_MAPS:
             m = TF.resized_crop(fields[k][i].float() / 255, *box, interpolation=InterpolationMode.NEAREST_EXACT)
             outs[k].append(TF.horizontal_flip(m) if flip else m)
     targets = {k: torch.stack(v) for k, v in outs.items()}
@@ -148,7 +149,7 @@ def test_the_image_and_its_targets_get_the_same_crop_and_flip_as_torchvision_ima
     assert 0 < int((params[:, 4] > 0.5).sum()) < 8  # both flipped and plain samples
     ref_x, ref = reference_views(SCENES.images, SCENES.fields, params, 12)
     torch.testing.assert_close(x, ref_x, atol=1e-5, rtol=0)
-    for k in TARGETS:
+    for k in GEOMETRY_MAPS:
         torch.testing.assert_close(targets[k], ref[k], atol=1e-6, rtol=0, msg=k)
     assert set(targets["contours"].unique().tolist()) == {0.0, 1.0}
 
@@ -157,7 +158,7 @@ def test_colour_augmentation_changes_the_image_but_neither_its_geometry_nor_its_
     plain, coloured = method(), method(augment={"jitter_p": 1.0, "gray_p": 0.0})
     x, targets = plain._synthetic(batch(6))
     y, same = coloured._synthetic(batch(6))
-    for k in TARGETS:
+    for k in GEOMETRY_MAPS:
         torch.testing.assert_close(same[k], targets[k], atol=0, rtol=0)
     assert (y - x).abs().flatten(1).amax(1).min() > 0.01  # every image jittered
     assert x.shape == y.shape and float(y.min()) >= 0 and float(y.max()) <= 1
@@ -304,11 +305,11 @@ def test_views_show_the_input_and_the_three_targets_with_the_real_images():
 def test_outputs_show_each_prediction_under_its_target_in_zero_one():
     m = method(size=16).eval()
     with_targets = m.outputs(SCENES.images, torch.Generator(), SCENES.fields)
-    assert [r.title for r in with_targets] == [f"{w} {k}" for k in TARGETS for w in ("target", "predicted")]
+    assert [r.title for r in with_targets] == [f"{w} {k}" for k in GEOMETRY_MAPS for w in ("target", "predicted")]
     torch.testing.assert_close(with_targets[0].images, SCENES.fields["depth"].float() / 255)
     torch.testing.assert_close(with_targets[4].images, (SCENES.fields["contours"] >= 128).float())
     alone = m.outputs(SCENES.images, torch.Generator())
-    assert [r.title for r in alone] == [f"predicted {k}" for k in TARGETS]
+    assert [r.title for r in alone] == [f"predicted {k}" for k in GEOMETRY_MAPS]
     for r in with_targets + alone:
         assert r.images.shape[0] == 8 and float(r.images.min()) >= 0 and float(r.images.max()) <= 1
 

@@ -8,7 +8,10 @@ Any other ``nn.Module`` works as a backbone; the helpers below then see only its
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,8 +26,10 @@ from selfsup.backbones.timm_backbone import TimmBackbone
 from selfsup.backbones.vit import ViT
 from selfsup.errors import UserError
 
-__all__ = ["BACKBONES", "Backbone", "StageInfo", "build_backbone", "feature_dim", "feature_map", "stage_channels",
-           "stage_names", "stage_outputs"]
+__all__ = ["BACKBONES", "Backbone", "StageInfo", "build_backbone", "dummy_pass", "eval_mode", "feature_dim",
+           "feature_map", "stage_channels", "stage_names", "stage_outputs"]
+
+T = TypeVar("T")
 
 BACKBONES: dict[str, str] = {
     "small": "4 conv-BN-ReLU blocks (32-64-128-256), max-pool between, global average pool; 0.39 M params",
@@ -111,7 +116,28 @@ def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return fmap
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (its batch-norm statistics are left alone), its mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
+def dummy_pass(module: nn.Module, channels: int, image_size: int,
+               fn: Callable[[nn.Module, torch.Tensor], T] = nn.Module.__call__) -> T:
+    """``fn(module, zeros)`` on two zero images ``(2, channels, image_size, image_size)`` on the module's device, in
+    eval mode without gradients: how a shape is measured."""
+    param = next(module.parameters(), None)
+    with eval_mode(module):
+        return fn(module, torch.zeros(2, channels, image_size, image_size,
+                                      device=None if param is None else param.device))
+
+
 def feature_dim(backbone: nn.Module, image_size: int, channels: int | None = None) -> int:
     """Infer the output size of ``backbone`` with one dummy forward pass in eval mode.
 
@@ -119,14 +145,7 @@ def feature_dim(backbone: nn.Module, image_size: int, channels: int | None = Non
     """
     if channels is None:
         channels = backbone.in_channels if isinstance(backbone, Backbone) else 3
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        param = next(backbone.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        out = backbone(torch.zeros(2, channels, image_size, image_size, device=device))
-    finally:
-        backbone.train(was_training)
+    out = dummy_pass(backbone, channels, image_size)
     if out.dim() != 2:
         raise UserError(f"the backbone must map images to (batch, features); it returned shape {tuple(out.shape)}")
     return int(out.shape[1])

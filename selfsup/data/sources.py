@@ -193,3 +193,15 @@ def load_data(spec: str, image_size: int | None = None, download: bool = False, 
     if not (os.sep in spec or spec.startswith(".") or Path(spec).exists()):
         raise UserError(f"unknown dataset '{spec}': not one of {', '.join(DATASETS)} and no such folder")
     return load_folder_dataset(Path(spec), image_size, stream)
+
+
+def load_images(spec: str, image_size: int, what: str) -> torch.Tensor:
+    """The pretraining images of the data SPEC (:func:`load_data` at ``image_size``), uint8 ``(N, 3, H, W)``, refused
+    with one line naming ``what`` they are where they cannot be loaded or held in memory."""
+    try:
+        images = load_data(spec, image_size).pretrain.images
+    except UserError as e:
+        raise UserError(f"{what} cannot be loaded: {e}") from None
+    if not isinstance(images, torch.Tensor) or len(images) == 0:
+        raise UserError(f"{what} must be a non-empty set held in memory")
+    return images

@@ -80,6 +80,13 @@ def nearest_centroid(x: Tensor, centroids: Tensor) -> Tensor:
     return torch.cat([torch.addmm(sq, chunk, c.T, alpha=-2).argmin(1) for chunk in x.split(_rows(len(c)))])
 
 
+def nearest_centroid_map(x: Tensor, centroids: Tensor) -> Tensor:
+    """Index (B, h, w) of the centroid (k, C) nearest to every position of the maps ``x`` (B, C, h, w), in float32
+    (:func:`nearest_centroid`): e.g. each position's quantised colour."""
+    return nearest_centroid(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).float(), centroids).view(x.shape[0],
+                                                                                                    *x.shape[2:])
+
+
 def _centroids(x: Tensor, assignments: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Means (k, D) float64 of the rows assigned to each cluster (zero for an empty one) and the sizes (k,).
     Each chunk is summed in ``x``'s dtype (index_add, no loop over rows or clusters), the chunks in float64."""
@@ -163,6 +170,14 @@ def kmeans(x: Tensor, k: int, iters: int = 20, generator: torch.Generator | None
         split_empty_clusters(centroids, counts, generator)
     centroids = centroids.to(x.dtype)
     return centroids, nearest_centroid(x, centroids)
+
+
+def subset_kmeans(x: Tensor, k: int, iters: int, seed: int, max_points: int) -> Tensor:
+    """The centroids ``(k, D)`` of :func:`kmeans` (the torch path) on at most ``max_points`` rows of ``x`` (N, D), a
+    random subset: one CPU generator seeded with ``seed`` draws the subset, then k-means' initial rows."""
+    g = torch.Generator().manual_seed(seed)
+    points = x[torch.randperm(len(x), generator=g)[:max_points]]
+    return kmeans(points, k, iters, g, use_faiss=False)[0]
 
 
 def cluster_balanced_weights(assignments: Tensor, k: int) -> Tensor:

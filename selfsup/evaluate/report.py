@@ -121,6 +121,28 @@ def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "
     _save(fig, ax, out, "epoch", ylabel, title or "fine-tuning")
 
 
+def plot_heatmap(rows: dict[str, list[float]], columns: list[str], out: Path, title: str) -> None:
+    """A row x column table of values >= 0 (``rows``: each row's name and its values, one per column) drawn as a
+    heatmap, values written in: e.g. the multi-task lasso's |gate| of every stage, per task."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array(list(rows.values()))
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.6 * len(rows) + 1.5))
+    ax.imshow(values, cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), list(rows))
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < values.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def _save(fig, ax, out: Path, xlabel: str, ylabel: str, title: str) -> None:
     """Label, grid, legend and title ``ax``, write ``fig`` to ``out`` and close it."""
     import matplotlib.pyplot as plt

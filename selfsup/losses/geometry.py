@@ -66,3 +66,12 @@ def balanced_contour_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     t = target.detach().float()
     bce = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
     return (contour_weights(t) * bce).mean()
+
+
+def geometry_losses(predicted: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], depth: str = "l1",
+                    normals: str = "cosine") -> dict[str, torch.Tensor]:
+    """The three task losses of predicted ``depth``, ``normals`` and ``contours`` logits against their targets:
+    :func:`depth_error` (``depth`` kind), :func:`normal_error` (``normals`` kind), :func:`balanced_contour_bce`."""
+    return {"depth": depth_error(predicted["depth"], targets["depth"], depth),
+            "normals": normal_error(predicted["normals"], targets["normals"], normals),
+            "contours": balanced_contour_bce(predicted["contours"], targets["contours"])}

@@ -2,7 +2,8 @@
 by Colorizing Videos", ECCV 2018, eqs. 1-2): every target position points at the reference positions with weights
 ``A_ij = exp(f_i . f_j / T) / sum_k exp(f_k . f_j / T)`` (i over the reference, j over the target), the target's
 colours (or labels) are copied as ``y_j = sum_i A_ij c_i``, and the loss is the cross-entropy of the copied colour
-distribution against the target's own quantised colour. Feature maps are ``(B, D, h, w)``: any spatial layout, the
+distribution against the target's own quantised colour; labels of a clip's first frame propagate through it by
+the same copy (section 4). Feature maps are ``(B, D, h, w)``: any spatial layout, the
 positions are flattened, so several reference frames side by side (concatenated along the width) are one reference.
 Runs in float32 even inside a bf16 autocast region (:mod:`.base`).
 """
@@ -48,3 +49,27 @@ def pointer_colour_loss(reference: torch.Tensor, target: torch.Tensor, reference
     found = same.any(2)
     picked = log_a.masked_fill(~same, float("-inf")).masked_fill(~found[:, :, None], 0.0)
     return -(torch.logsumexp(picked, dim=2) * found).mean()
+
+
+def propagate_labels(features: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Labels of a clip's first frame carried through it by the pointer, as Vondrick et al. propagate segmentation
+    masks and pose keypoints.
+
+    ``features`` (B, T, D, h, w): every frame's embedding; ``labels`` (B, K, H, W) in [0, 1] for frame 0: masks,
+    one-hot segments, keypoints as small discs. Returns (B, T, K, H, W): frame 0's labels as given, then for each
+    frame t the labels copied at the feature map's resolution from frame 0 (its given labels, area-averaged) and
+    frame t - 1 (its propagated ones) together, through the pointer of frame t's features into theirs, upsampled
+    bilinearly.
+    """
+    b, length = features.shape[:2]
+    first = F.interpolate(labels.float(), size=features.shape[-2:], mode="area")
+    maps, last = [], first
+    for t in range(1, length):
+        last = pointer_copy(torch.cat([features[:, 0], features[:, t - 1]], -1), features[:, t],
+                            torch.cat([first, last], -1), temperature)
+        maps.append(last)
+    if not maps:
+        return labels.float()[:, None]
+    up = F.interpolate(torch.stack(maps, 1).flatten(0, 1), size=labels.shape[-2:], mode="bilinear",
+                       align_corners=False)
+    return torch.cat([labels.float()[:, None], up.unflatten(0, (b, length - 1))], 1)

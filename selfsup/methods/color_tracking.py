@@ -3,73 +3,28 @@ target frame is coloured by pointing at the positions of a grey reference frame 
 
 from __future__ import annotations
 
-import colorsys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.backbones import feature_map
+from selfsup.backbones import dummy_pass, eval_mode, feature_map
 from selfsup.backbones.inputs import InputEncoder, Lightness, scale_lab
 from selfsup.data.ops.base import resize
 from selfsup.data.ops.lab import lab_to_rgb, rgb_to_lab
 from selfsup.data.ops.video import gather_frames
 from selfsup.data.views import device_layout, for_this_rank
-from selfsup.dynamics.kmeans import kmeans, nearest_centroid
+from selfsup.dynamics.kmeans import nearest_centroid_map, subset_kmeans
 from selfsup.errors import UserError
-from selfsup.losses.pointer import pointer_colour_loss, pointer_copy
+from selfsup.losses.pointer import pointer_colour_loss, pointer_copy, propagate_labels
 from selfsup.methods.base import Batch, EpochContext, Method
-from selfsup.methods.panels import Panel, mosaic
-from selfsup.methods.video import clip_frames
+from selfsup.methods.panels import Panel
+from selfsup.methods.video import clip_frames, propagated_parts
 
 MAX_COLOUR_POINTS = 1 << 16  # ab values k-means clusters (a seeded random subset of the training set's)
 GRID = 4  # views / outputs: frame 0 cut into GRID x GRID labelled parts, propagated through the clip
 OUTPUT_FRAMES = 4  # outputs: the pseudo-clip of each test image
-
-
-@torch.no_grad()
-def _map_shape(backbone: nn.Module, image_size: int) -> tuple[int, int]:
-    """Channels and side of the backbone's last feature map on 1-channel ``image_size`` inputs (one dummy pass in
-    eval mode)."""
-    was_training = backbone.training
-    param = next(backbone.parameters(), None)
-    backbone.eval()
-    try:
-        zeros = torch.zeros(2, 1, image_size, image_size, device=None if param is None else param.device)
-        fmap = feature_map(backbone, zeros)
-    finally:
-        backbone.train(was_training)
-    return fmap.shape[1], fmap.shape[-1]
-
-
-def palette(k: int) -> torch.Tensor:
-    """``k`` distinct saturated colours (k, 3) in [0, 1], hues evenly spaced."""
-    return torch.tensor([colorsys.hsv_to_rgb(i / k, 0.9, 1.0) for i in range(k)])
-
-
-def part_labels(batch: int, k: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """One-hot labels (B, k * k, H, W) of a ``k`` x ``k`` grid of parts, the same for every sample."""
-    row = torch.arange(height, device=device) * k // height
-    column = torch.arange(width, device=device) * k // width
-    index = (row[:, None] * k + column[None, :]).expand(batch, height, width)
-    return F.one_hot(index, k * k).permute(0, 3, 1, 2).float()
-
-
-def overlay(frames: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Float frames (..., 3, H, W) with soft labels (..., K, H, W) painted over them: each pixel blends in the
-    palette colour of its most likely label, weighted by that label's probability times ``alpha``."""
-    p, index = labels.max(-3)
-    colour = palette(labels.shape[-3]).to(frames.device)[index].movedim(-1, -3)
-    weight = (alpha * p).unsqueeze(-3)
-    return frames * (1 - weight) + colour * weight
-
-
-def clip_parts(method: ColorTracking, frames: torch.Tensor) -> torch.Tensor:
-    """Every clip (B, T, 3, H, W) uint8 as one row of frames with a grid of parts of frame 0 propagated over them
-    (:func:`propagate`), (B, 3, H', W') in [0, 1]."""
-    b, length, _, height, width = frames.shape
-    parts = propagate(method, frames, part_labels(b, GRID, height, width, frames.device))
-    return mosaic(overlay(frames.float() / 255.0, parts), length)
 
 
 class ColorTracking(Method):
@@ -104,7 +59,8 @@ class ColorTracking(Method):
             raise UserError("color-tracking: num_colours must be >= 2, embed_dim, gap and kmeans_iters >= 1, "
                             "temperature > 0")
         self.gap, self.temperature, self.kmeans_iters = gap, temperature, kmeans_iters
-        channels, self.map_size = _map_shape(self.backbone, self.image_size)
+        fmap = dummy_pass(self.backbone, 1, self.image_size, feature_map)  # the last map's channels and side
+        channels, self.map_size = fmap.shape[1], fmap.shape[-1]
         self.embed = nn.Conv2d(channels, embed_dim, 1)
         self.register_buffer("colours", torch.zeros(num_colours, 2))  # ab centres, fitted before the first step
 
@@ -112,11 +68,6 @@ class ColorTracking(Method):
         """uint8 frames -> the trunk's input (L in [-1, 1] at the image size) and ab at the feature map's size."""
         lab = rgb_to_lab(resize(rgb, self.image_size))
         return scale_lab(lab)[0], F.interpolate(lab[:, 1:], size=self.map_size, mode="area")
-
-    def _quantise(self, ab: torch.Tensor) -> torch.Tensor:
-        """Colour index (B, h, w) of every ab value (B, 2, h, w): its nearest cluster."""
-        return nearest_centroid(ab.permute(0, 2, 3, 1).reshape(-1, 2).float(), self.colours).view(ab.shape[0],
-                                                                                                   *ab.shape[2:])
 
     def _embed(self, lightness: torch.Tensor) -> torch.Tensor:
         return self.embed(feature_map(self.backbone, device_layout(lightness)))
@@ -130,13 +81,8 @@ class ColorTracking(Method):
         if len(ab) < len(self.colours):
             raise UserError(f"color-tracking: {len(ab)} colour values cannot make {len(self.colours)} clusters")
         seed = int(torch.randint(2**62, (), generator=ctx.generator))  # drawn on every rank: they stay in step
-
-        def cluster() -> torch.Tensor:
-            g = torch.Generator().manual_seed(seed)
-            points = ab[torch.randperm(len(ab), generator=g)[:MAX_COLOUR_POINTS]]
-            return kmeans(points, len(self.colours), self.kmeans_iters, g, use_faiss=False)[0]
-
-        self.colours.copy_(ctx.on_main(cluster))
+        k, iters = len(self.colours), self.kmeans_iters
+        self.colours.copy_(ctx.on_main(lambda: subset_kmeans(ab, k, iters, seed, MAX_COLOUR_POINTS)))
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The L of the reference frames then of the target frames (2B, 1, S, S), their ab at the feature map's size
@@ -152,7 +98,8 @@ class ColorTracking(Method):
     def training_step(self, batch: Batch) -> torch.Tensor:
         lightness, ab, _ = self._inputs(batch)
         reference, target = self._embed(lightness).chunk(2)
-        return pointer_colour_loss(reference, target, *self._quantise(ab).chunk(2), self.temperature)
+        colours = nearest_centroid_map(ab, self.colours).chunk(2)  # of the references, of the targets
+        return pointer_colour_loss(reference, target, *colours, self.temperature)
 
     def _show(self, lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """RGB [0, 1] of the network's L inputs (N, 1, S, S) with ab maps (N, 2, h, w), upsampled to S."""
@@ -163,7 +110,7 @@ class ColorTracking(Method):
     def views(self, batch: Batch) -> list[Panel]:
         lightness, ab, first = self._inputs(batch)
         reference, target = self._embed(lightness).float().chunk(2)
-        index = self._quantise(ab)
+        index = nearest_centroid_map(ab, self.colours)
         quantised = self.colours[index].permute(0, 3, 1, 2)  # (2B, 2, h, w)
         ref_index, tgt_index = index.chunk(2)
         copied = pointer_copy(reference, target, F.one_hot(ref_index, len(self.colours)).permute(0, 3, 1, 2),
@@ -182,7 +129,7 @@ class ColorTracking(Method):
                 Panel("its copy: the pointer's expected colour", self._show(tgt_l, expected),
                       [f"{r:.0%} right" for r in right]),
                 Panel(f"the clip, a {GRID} x {GRID} grid of parts of frame 0 propagated by the pointer",
-                      clip_parts(self, batch.fields["frames"]))]
+                      propagated_parts(batch.fields["frames"], partial(propagate, self), GRID))]
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor, generator: torch.Generator,
@@ -198,7 +145,8 @@ class ColorTracking(Method):
         reference, target = self._embed(lightness).float().chunk(2)
         copied = pointer_copy(reference, target, ab.chunk(2)[0], self.temperature)
         what = "the clip" if clips is not None else f"a synthetic clip (shifted {step} px per frame)"
-        return [Panel(f"{what}, a {GRID} x {GRID} grid of parts propagated", clip_parts(self, frames)),
+        return [Panel(f"{what}, a {GRID} x {GRID} grid of parts propagated",
+                      propagated_parts(frames, partial(propagate, self), GRID)),
                 Panel("its last frame coloured by copying the first frame's colours",
                       self._show(lightness.chunk(2)[1], copied))]
 
@@ -208,29 +156,9 @@ class ColorTracking(Method):
 
 @torch.no_grad()
 def propagate(method: ColorTracking, frames: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Labels of a clip's first frame carried through it by the pointer, as Vondrick et al. propagate segmentation
-    masks and pose keypoints.
-
-    ``frames`` uint8 (B, T, 3, H, W); ``labels`` (B, K, H, W) in [0, 1] for frame 0: masks, one-hot segments,
-    keypoints as small discs. Returns (B, T, K, H, W): frame 0's labels as given, then for each frame t the labels
-    copied at the feature map's resolution from frame 0 (its given labels, area-averaged) and frame t - 1 (its
-    propagated ones) together, through the pointer of frame t's features into theirs, upsampled bilinearly. Runs
-    the trunk in eval mode (its batch-norm statistics are left alone).
-    """
-    b, length, _, height, width = frames.shape
-    was_training = method.training
-    method.eval()
-    try:
-        feats = method._embed(method._lab(frames.flatten(0, 1))[0]).float().unflatten(0, (b, length))
-    finally:
-        method.train(was_training)
-    first = F.interpolate(labels.float(), size=feats.shape[-2:], mode="area")
-    maps, last = [], first
-    for t in range(1, length):
-        last = pointer_copy(torch.cat([feats[:, 0], feats[:, t - 1]], -1), feats[:, t], torch.cat([first, last], -1),
-                            method.temperature)
-        maps.append(last)
-    if not maps:
-        return labels.float()[:, None]
-    up = F.interpolate(torch.stack(maps, 1).flatten(0, 1), size=(height, width), mode="bilinear", align_corners=False)
-    return torch.cat([labels.float()[:, None], up.unflatten(0, (b, length - 1))], 1)
+    """Labels (B, K, H, W) of the first frame of clips ``frames`` uint8 (B, T, 3, H, W) carried through them by the
+    pointer of ``method``'s embeddings (:func:`~selfsup.losses.pointer.propagate_labels`): (B, T, K, H, W). Runs the
+    trunk in eval mode (its batch-norm statistics are left alone)."""
+    with eval_mode(method):
+        feats = method._embed(method._lab(frames.flatten(0, 1))[0]).float().unflatten(0, frames.shape[:2])
+    return propagate_labels(feats, labels, method.temperature)

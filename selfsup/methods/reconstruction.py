@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from selfsup.backbones import feature_map
+from selfsup.backbones import dummy_pass, feature_map
 from selfsup.data.ops.base import resize
 from selfsup.data.views import augmented, prepare
 from selfsup.errors import UserError
@@ -19,19 +19,11 @@ from selfsup.methods.base import Batch, Method
 from selfsup.methods.panels import Panel
 
 
-@torch.no_grad()
 def pixel_decoder(backbone: nn.Module, in_channels: int, image_size: int, out_channels: int,
                   hidden: int) -> PixelDecoder:
     """A :class:`PixelDecoder` from the backbone's last feature map to ``out_channels`` images of ``image_size`` px,
     its input channels and scale measured by one pass of a dummy batch in eval mode (any backbone with a map)."""
-    was_training = backbone.training
-    param = next(backbone.parameters(), None)
-    backbone.eval()
-    try:
-        zeros = torch.zeros(2, in_channels, image_size, image_size, device=None if param is None else param.device)
-        fmap = feature_map(backbone, zeros)
-    finally:
-        backbone.train(was_training)
+    fmap = dummy_pass(backbone, in_channels, image_size, feature_map)
     return PixelDecoder(fmap.shape[1], out_channels, image_size / fmap.shape[-1], hidden)
 
 

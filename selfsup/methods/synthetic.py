@@ -6,35 +6,23 @@ of synthetic and real images alike."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from selfsup.backbones import feature_map
-from selfsup.data.ops.base import to_float
-from selfsup.data.ops.color import hflip
-from selfsup.data.ops.dense import crop_masks
-from selfsup.data.ops.video import sample_shared_crop, shared_crop
-from selfsup.data.sources import load_data
+from selfsup.data.ops.dense import GEOMETRY_MAPS, geometry_views
+from selfsup.data.sources import load_images
 from selfsup.data.views import augmented, for_this_rank, prepare
 from selfsup.errors import UserError
 from selfsup.heads.domain import FeatureDiscriminator
 from selfsup.losses.gan import ns_d_loss, ns_g_loss
-from selfsup.losses.geometry import DEPTH_LOSSES, NORMAL_LOSSES, balanced_contour_bce, depth_error, normal_error
+from selfsup.losses.geometry import DEPTH_LOSSES, NORMAL_LOSSES, geometry_losses
 from selfsup.methods.base import Batch, Method
 from selfsup.methods.context_encoder import DCGAN_ADAM
+from selfsup.methods.geometry import geometry_pictures, prediction_rows
 from selfsup.methods.panels import Panel
 from selfsup.methods.reconstruction import pixel_decoder
-
-#: the dense targets, in the order of their channels in the stack the crop acts on, with their channel counts
-TARGETS = {"depth": 1, "normals": 3, "contours": 1}
-
-
-def mean_angle_captions(predicted: torch.Tensor, target: torch.Tensor) -> list[str]:
-    """Every image's mean angle in degrees between predicted and target unit normals ``(B, 3, H, W)``."""
-    cos = (predicted * target).sum(1).clamp(-1.0, 1.0)
-    return [f"error {v:.0f} deg" for v in torch.rad2deg(cos.acos()).flatten(1).mean(1).tolist()]
+from selfsup.methods.video import photometric, shared_params
 
 
 class SyntheticMultiTask(Method):
@@ -60,7 +48,7 @@ class SyntheticMultiTask(Method):
 
     name = "synthetic-multitask"
     paper = "Ren, Lee, Cross-Domain Self-supervised Multi-task Feature Learning using Synthetic Imagery, CVPR 2018"
-    needs_fields = tuple(TARGETS)
+    needs_fields = tuple(GEOMETRY_MAPS)
     optimizer, base_lr, weight_decay = "adam", 1e-3, 0.0
     optimizer_defaults = {"main": {}, "discriminator": DCGAN_ADAM}
     augment_defaults = {"crop_scale": (0.5, 1.0)}
@@ -78,68 +66,33 @@ class SyntheticMultiTask(Method):
             raise UserError(f"{self.name}: the loss weights must be finite and >= 0, decoder_dim and discriminator_dim "
                             f"at least 1")
         self.depth_loss, self.normals_loss = depth_loss, normals_loss
-        self.weights = dict(zip(TARGETS, (depth_weight, normals_weight, contours_weight)))
+        self.weights = dict(zip(GEOMETRY_MAPS, (depth_weight, normals_weight, contours_weight)))
         self.adversarial_weight = adversarial_weight
         self.decoders = torch.nn.ModuleDict({k: pixel_decoder(self.backbone, self.in_channels, self.image_size, c,
-                                                              decoder_dim) for k, c in TARGETS.items()})
+                                                              decoder_dim) for k, c in GEOMETRY_MAPS.items()})
         self.real = None if real in (None, "", "none") else str(real)
         if self.real is not None:
-            self.register_buffer("real_images", self._load_real(self.real), persistent=False)
+            real_images = load_images(self.real, self.image_size, f"{self.name}: the real images real={self.real}")
+            self.register_buffer("real_images", real_images, persistent=False)
             channels = self.decoders["depth"].body[0].in_channels  # the feature map's, measured by pixel_decoder
             self.discriminator = FeatureDiscriminator(channels, discriminator_dim)
             self.phases = ["discriminator", "main"]
-
-    def _load_real(self, spec: str) -> torch.Tensor:
-        """The real set's images, uint8 ``(N, 3, H, W)``, refused with one line where it cannot be held in memory."""
-        try:
-            images = load_data(spec, self.image_size).pretrain.images
-        except UserError as e:
-            raise UserError(f"{self.name}: the real images real={spec} cannot be loaded: {e}") from None
-        if not isinstance(images, torch.Tensor) or len(images) == 0:
-            raise UserError(f"{self.name}: the real images real={spec} must be a non-empty set held in memory")
-        return images
 
     def parameters_of(self, optimizer: str) -> list[torch.nn.Parameter]:
         if optimizer == "discriminator":
             return list(self.discriminator.parameters()) if self.real is not None else []
         return [*self.backbone.parameters(), *self.decoders.parameters()]
 
-    def _colour(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The photometric part of ``augment`` (colour jitter, grey, blur, solarize) of cropped [0, 1] views: the
-        augmentation with a crop of the whole view and no flip, drawn for the global batch."""
-        colour = replace(self.aug, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0)
-        return augmented(x, colour, self.image_size, generator)
-
-    def _geometry(self, images: torch.Tensor, fields: dict[str, torch.Tensor] | None,
-                  params: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """The crops and flips ``params`` ((top, left, h, w, flip) rows, :func:`sample_shared_crop`) of the images
-        (bilinear, float [0, 1]) and of their targets if ``fields`` are given (nearest neighbour): depth in [0, 1],
-        unit normals (x negated where flipped), 0/1 contours."""
-        x = shared_crop(to_float(images), params, self.image_size)
-        if fields is None:
-            return x, None
-        flip = params[:, 4].to(images.device) > 0.5
-        stack = torch.cat([fields[k].float() for k in TARGETS], 1).permute(0, 2, 3, 1)
-        maps = hflip(crop_masks(stack, params[:, :4], self.image_size).permute(0, 3, 1, 2), flip) / 255.0
-        depth, normals, contours = maps.split(list(TARGETS.values()), 1)
-        sign = torch.ones(len(flip), 3, 1, 1, device=maps.device)
-        sign[:, 0] = torch.where(flip, -1.0, 1.0).view(-1, 1, 1)
-        normals = F.normalize((normals * 2.0 - 1.0) * sign, dim=1, eps=1e-8)
-        return x, {"depth": depth, "normals": normals, "contours": (contours >= 0.5).float()}
-
     def _synthetic(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The network's synthetic input (float [0, 1]: cropped, flipped, colour-augmented) and its targets; the
         crops and flips are drawn for the global batch."""
-        missing = [k for k in TARGETS if k not in batch.fields]
+        missing = [k for k in GEOMETRY_MAPS if k not in batch.fields]
         if missing:
             raise UserError(f"{self.name} trains on rendered scenes: the data lacks the field(s) {', '.join(missing)} "
                             f"(use data: scenes)")
-        b, _, h, w = batch.images.shape
-        aug = self.aug
-        params = for_this_rank(lambda n: sample_shared_crop(n, h, w, aug.crop_scale, aug.crop_ratio, aug.flip_p,
-                                                            batch.generator, batch.images.device), b)
-        x, targets = self._geometry(batch.images, batch.fields, params)
-        return self._colour(x, batch.generator), targets
+        params = shared_params(batch.images, self.aug, batch.generator)
+        x, targets = geometry_views(batch.images, batch.fields, params, self.image_size)
+        return photometric(x, self.aug, self.image_size, batch.generator), targets
 
     def real_indices(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Which real images this rank's ``n`` rows get: uniform draws for the global batch, this rank's share."""
@@ -158,9 +111,7 @@ class SyntheticMultiTask(Method):
     def task_terms(self, predicted: dict[str, torch.Tensor],
                    targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The three weighted task losses."""
-        losses = {"depth": depth_error(predicted["depth"], targets["depth"], self.depth_loss),
-                  "normals": normal_error(predicted["normals"], targets["normals"], self.normals_loss),
-                  "contours": balanced_contour_bce(predicted["contours"], targets["contours"])}
+        losses = geometry_losses(predicted, targets, self.depth_loss, self.normals_loss)
         return {k: self.weights[k] * v for k, v in losses.items()}
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -179,18 +130,10 @@ class SyntheticMultiTask(Method):
         terms["adversarial"] = self.adversarial_weight * ns_g_loss(self.discriminator(fmap).float())
         return terms
 
-    @staticmethod
-    def _shown(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Maps as pictures in [0, 1]: depth (clamped), normals as (n + 1) / 2 of the unit normal, contour
-        probabilities (of logits) or 0/1 targets."""
-        return {"depth": maps["depth"].float().clamp(0.0, 1.0),
-                "normals": (F.normalize(maps["normals"].float(), dim=1, eps=1e-8) + 1.0) / 2.0,
-                "contours": maps["contours"].float()}
-
     @torch.no_grad()
     def views(self, batch: Batch) -> list[Panel]:
         x, targets = self._synthetic(batch)
-        shown = self._shown(targets)
+        shown = geometry_pictures(targets)
         rows = [Panel("what the network sees: the synthetic image (cropped, flipped, colour-augmented)", x),
                 Panel("target: depth (dark near, light far; the same crop and flip)", shown["depth"]),
                 Panel("target: surface normals (x, y, z as RGB; x negated where flipped)", shown["normals"]),
@@ -208,15 +151,6 @@ class SyntheticMultiTask(Method):
         under its target where the images' ``fields`` are given (the whole image, no flip)."""
         b, _, h, w = images.shape
         whole = torch.tensor([[0.0, 0.0, h, w, 0.0]], device=images.device).expand(b, -1)
-        given = fields if fields is not None and all(k in fields for k in TARGETS) else None
-        x, targets = self._geometry(images, given, whole)
-        raw = self.predict(feature_map(self.backbone, prepare(x)))
-        predicted = self._shown({**raw, "contours": torch.sigmoid(raw["contours"].float())})
-        if targets is None:
-            return [Panel(f"predicted {k}", v) for k, v in predicted.items()]
-        captions = {"depth": [f"error {v:.3f}" for v in (predicted["depth"] - targets["depth"]).abs().flatten(1)
-                              .mean(1).tolist()],
-                    "normals": mean_angle_captions(predicted["normals"] * 2.0 - 1.0, targets["normals"]),
-                    "contours": None}
-        return [row for k, shown in self._shown(targets).items()
-                for row in (Panel(f"target {k}", shown), Panel(f"predicted {k}", predicted[k], captions[k]))]
+        given = fields if fields is not None and all(k in fields for k in GEOMETRY_MAPS) else None
+        x, targets = geometry_views(images, given, whole, self.image_size)
+        return prediction_rows(self.predict(feature_map(self.backbone, prepare(x))), targets)

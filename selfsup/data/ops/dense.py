@@ -1,17 +1,25 @@
 """The random resized crop and horizontal flip of :mod:`selfsup.data.ops` applied alike to an image batch and its
 dense targets: segmentation masks (nearest neighbour) and boxes (the object detectors' training augmentation, e.g.
 Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015; Ren et al., "Faster
-R-CNN", NeurIPS 2015). Crops are ``(top, left, h, w)`` rows as :func:`~selfsup.data.ops.crop.sample_resized_crop`
-draws them; boxes are ``(B, M, 4)`` xyxy in pixels with 1-based labels ``(B, M)``, rows padded with -1."""
+R-CNN", NeurIPS 2015), and depth, surface normal and contour maps (the synthetic multi-task pretext's targets: Ren
+& Lee, "Cross-Domain Self-supervised Multi-task Feature Learning using Synthetic Imagery", CVPR 2018). Crops are
+``(top, left, h, w)`` rows as :func:`~selfsup.data.ops.crop.sample_resized_crop` draws them; boxes are ``(B, M, 4)``
+xyxy in pixels with 1-based labels ``(B, M)``, rows padded with -1."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.data.ops.base import to_float
 from selfsup.data.ops.color import hflip, sample_flags
 from selfsup.data.ops.crop import resized_crop, sample_resized_crop
+from selfsup.data.ops.video import shared_crop
+
+#: the dense geometric targets (uint8 fields), in the order of their channels in the stack the crop acts on, with
+#: their channel counts
+GEOMETRY_MAPS = {"depth": 1, "normals": 3, "contours": 1}
 
 
 def nearest_rows(start: Tensor, length: Tensor, out_size: int) -> Tensor:
@@ -88,3 +96,22 @@ def dense_views(images: Tensor, size: int, generator: torch.Generator, masks: Te
         boxes, labels = crop_boxes(boxes, labels, crops, size, min_size)
         boxes = flip_boxes(boxes, labels, flags, size)
     return x, masks, boxes, labels
+
+
+def geometry_views(images: Tensor, fields: dict[str, Tensor] | None, params: Tensor,
+                   size: int) -> tuple[Tensor, dict[str, Tensor] | None]:
+    """The crops and flips ``params`` ((top, left, h, w, flip) rows,
+    :func:`~selfsup.data.ops.video.sample_shared_crop`) of the images (bilinear, float [0, 1]) and of their
+    :data:`GEOMETRY_MAPS` if ``fields`` are given (nearest neighbour): depth in [0, 1], unit normals (x negated where
+    flipped), 0/1 contours."""
+    x = shared_crop(to_float(images), params, size)
+    if fields is None:
+        return x, None
+    flip = params[:, 4].to(images.device) > 0.5
+    stack = torch.cat([fields[k].float() for k in GEOMETRY_MAPS], 1).permute(0, 2, 3, 1)
+    maps = hflip(crop_masks(stack, params[:, :4], size).permute(0, 3, 1, 2), flip) / 255.0
+    depth, normals, contours = maps.split(list(GEOMETRY_MAPS.values()), 1)
+    sign = torch.ones(len(flip), 3, 1, 1, device=maps.device)
+    sign[:, 0] = torch.where(flip, -1.0, 1.0).view(-1, 1, 1)
+    normals = F.normalize((normals * 2.0 - 1.0) * sign, dim=1, eps=1e-8)
+    return x, {"depth": depth, "normals": normals, "contours": (contours >= 0.5).float()}
