@@ -175,14 +175,14 @@ def test_a_run_started_with_a_quicker_one_on_the_same_folder_is_refused_once_it_
                                                                                                  monkeypatch):
     from selfsup.engine import trainer
 
-    out, real = tmp_path / "run", trainer._build_model
+    out, real = tmp_path / "run", trainer.build_model
 
     def quicker_run_finishes_first(*args, **kwargs):  # between this run's checks and its lock
         out.mkdir(exist_ok=True)
         (out / "config.yaml").write_text("the other run's\n")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_build_model", quicker_run_finishes_first)
+    monkeypatch.setattr(trainer, "build_model", quicker_run_finishes_first)
     with pytest.raises(UserError, match="received another run while this one started"):
         selfsup.train(cfg(steps=2), out, evaluate=False, show_progress=False, data=DIGITS)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # untouched, and no lock left behind
@@ -193,7 +193,7 @@ def test_a_resume_that_another_process_overtook_is_refused_once_it_holds_the_loc
     from selfsup.engine import trainer
     from selfsup.engine.checkpoint import save_checkpoint
 
-    out, real = tmp_path / "run", trainer._build_model
+    out, real = tmp_path / "run", trainer.build_model
     selfsup.train(cfg(), out, evaluate=False, show_progress=False, data=DIGITS, stop_at=5)
 
     def other_resume_goes_on(*args, **kwargs):
@@ -202,7 +202,7 @@ def test_a_resume_that_another_process_overtook_is_refused_once_it_holds_the_loc
         save_checkpoint(out / FILENAME, {k: v for k, v in ahead.items() if k not in ("format", "version")})
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "_build_model", other_resume_goes_on)
+    monkeypatch.setattr(trainer, "build_model", other_resume_goes_on)
     with pytest.raises(UserError, match="went on while this resume started"):
         selfsup.train(cfg(), resume=out, evaluate=False, show_progress=False, data=DIGITS)
     assert load_checkpoint(out)["step"] == 10 and not (out / ".lock").exists()

@@ -70,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _schedule(cfg: TrainConfig, n_images: int) -> tuple[int, int]:
+def schedule(cfg: TrainConfig, n_images: int) -> tuple[int, int]:
     """(steps per epoch, total steps). Default budget: 100 epochs."""
     if cfg.batch_size > n_images:
         raise UserError(f"batch size {cfg.batch_size} is larger than the dataset ({n_images} images)")
@@ -126,10 +126,10 @@ def train(cfg: TrainConfig, out: str | Path | None = None, overwrite: bool = Fal
     if cls.needs_labels and not data.pretrain.labeled:
         raise UserError(f"method '{cfg.method}' needs labels, but '{cfg.data}' has none (use class subfolders)")
     cfg = resolve_config(cfg, data)
-    per_epoch, total = _schedule(cfg, len(data.pretrain))
+    per_epoch, total = schedule(cfg, len(data.pretrain))
     if backbone is not None and not cfg.backbone.startswith("custom"):
         cfg.backbone = f"custom:{type(backbone).__name__}"
-    method, model, local_bn = _build_model(cfg, data, backbone, device)
+    method, model, local_bn = build_model(cfg, data, backbone, device)
     # the built method's fields: a multi-task run needs its tasks'
     lacking = [f for f in method.needs_fields if f not in data.pretrain.field_names]
     if lacking:
@@ -210,7 +210,7 @@ def _lock(out: Path, main: bool, check: Callable[[], str | None]) -> RunLock:
     return lock
 
 
-def _build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
+def build_model(cfg: TrainConfig, data: Dataset, backbone: nn.Module | None,
                  device: torch.device) -> tuple[Method, nn.Module, bool]:
     """The method on its device (channels-last, compiled, global BN as asked), the module a one-phase step calls
     (DDP-wrapped under torch.distributed), and whether batch norm stays per rank."""
