@@ -19,6 +19,8 @@ Targets (the protocol is written down in benchmarks/results/README.md), one modu
   time); short SimCLR runs with one difference from lightly's benchmark each.
 * ``gpu-jpeg`` (gpu.py): ResNet-50 at 224 px streamed from a JPEG folder: decode- or compute-bound.
 * ``host`` (host.py): ATen ops per phase of a step on the GPU code path, counted on the CPU.
+* ``beyond`` (beyond.py): the video methods on generated moving objects (probed on shape and on motion), the
+  image-text methods and synthetic multi-task learning on generated captioned scenes, CPU, small convnet.
 * ``table`` (tables.py): results/README.md rebuilt from the JSON files.
 
 lightly lives in a side virtualenv (never a selfsup dependency)::
@@ -41,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmarks package, run as a script
 
-from benchmarks import accuracy, cpu, faults, gpu, host, layers, pretext_views, readme, synthetic_da, tables
+from benchmarks import accuracy, beyond, cpu, faults, gpu, host, layers, pretext_views, readme, synthetic_da, tables
 
 DATA = "data/cifar10"  # python benchmarks/pack_images.py cifar10 data/cifar10 builds it
 
@@ -132,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("readme", help="regenerate the README's quick-start output (runs selfsup train)").set_defaults(
         fn=readme.readme)
     synthetic_da.add_parser(sub)
+    beyond.add_parser(sub)
     g = sub.add_parser("readme-bench", help="the README's bench section from a selfsup bench folder's report")
     g.add_argument("--bench", required=True, help="the selfsup bench --out folder")
     g.add_argument("--budget", default="cpu", help="which README section (<!-- bench:BUDGET -->)")
@@ -144,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    needs_data = args.target not in ("table", "gpu-jpeg", "host", "faults", "readme", "readme-bench", "pretext-views")
+    needs_data = args.target not in ("table", "beyond", "gpu-jpeg", "host", "faults", "readme", "readme-bench",
+                                     "pretext-views")
     if needs_data and args.data != "digits" and not Path(args.data).exists():  # digits: a quick try
         raise SystemExit(f"data folder {args.data} not found; the benchmark needs CIFAR-10 as JPEG class folders: "
                          f"python benchmarks/pack_images.py cifar10 {args.data} (downloads it), or pass --data")

@@ -45,3 +45,11 @@ def test_recipe_is_a_valid_config(path):
     assert cfg.method == path.stem.removesuffix("v1")  # mocov1 is moco with version 1
     if path.stem == "mocov1":
         assert cfg.method_args["version"] == 1
+
+
+def test_scenes_clip_recipe_holds_the_scenes_captions():
+    """CLIP refuses captions longer than its text_length: the scenes recipe's must hold the scenes' caption rows."""
+    from selfsup.data.scenes import render_scenes
+
+    width = render_scenes(2, size=16, seed=0).fields["text"].shape[1]
+    assert load_config(ROOT / "scenes" / "clip.yaml")["method_args"]["text_length"] >= width

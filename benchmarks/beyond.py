@@ -1,0 +1,107 @@
+"""Methods that learn from more than one image (issue 16), each on the data it learns from (``beyond``): the video
+methods on the generated moving objects (clips: the ``frames`` field), probed on the objects' shapes and on their
+motions; the image-text methods and synthetic multi-task learning on the generated captioned scenes, probed on the
+scenes' labels (CLIP also by its zero-shot top-1). The small convnet on the CPU, seed 0, every row next to its own
+network at random init.
+
+    python benchmarks/run.py beyond [--rows shuffle-learn,clip] [--force] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from torch import nn
+
+import selfsup
+from benchmarks.common import environment, save
+from benchmarks.cpu import SCORES
+from benchmarks.tables import load
+from selfsup.data import load_data
+from selfsup.engine.build import method_from_checkpoint
+from selfsup.evaluate import probe
+
+# row -> (data, method, method_args, config keys). Steps and batch: each row about 4 minutes of training on an idle
+# 2-core machine (3-6 with its evaluation and noise). Timed by 20 steps of each on the shared machine (nice'd), next to
+# a SimCLR reference run before and after (412.8 samples/s quiet in cpu_methods.json, 4-12x slower then): the idle
+# seconds per step below. The moving objects are 480 training clips at 32 px (65-160 epochs here), the scenes 2,000 at
+# 64 px (8-32 epochs); CLIP's captions are up to 144 bytes; synthetic multi-task's decoders at 64 channels (at 256 a
+# step took about twice as long)
+BEYOND_ROWS: dict[str, tuple[str, str, dict, dict]] = {
+    "shuffle-learn": ("moving-objects", "shuffle-learn", {}, {"steps": 800, "batch_size": 64}),  # 0.28 s/step
+    "motion-segmentation": ("moving-objects", "motion-segmentation", {},
+                            {"steps": 700, "batch_size": 64}),  # 0.32 s/step
+    "tracking": ("moving-objects", "tracking", {}, {"steps": 1200, "batch_size": 64}),  # 0.19 s/step
+    "color-tracking": ("moving-objects", "color-tracking", {}, {"steps": 1000, "batch_size": 32}),  # 0.21 s/step
+    "clip": ("scenes", "clip", {"text_length": 144}, {"steps": 300, "batch_size": 128}),  # 0.72 s/step
+    "texttopicnet": ("scenes", "texttopicnet", {"num_topics": 40},
+                     {"steps": 500, "batch_size": 128}),  # 0.30-0.55 s/step (the reference moved 4-12x)
+    "synthetic-multitask": ("scenes", "synthetic-multitask", {"decoder_dim": 64},
+                            {"steps": 250, "batch_size": 64}),  # 0.85 s/step
+}
+#: the same samples under other labels, probed too: data spec -> {column name: data spec}
+OTHER_LABELS = {"moving-objects": {"motion": "moving-objects:motion"}}
+#: what a row keeps of its run's metrics besides :data:`benchmarks.cpu.SCORES`, where the method reports it
+EXTRA_SCORES = ("zero_shot_top1",)
+#: where the rows' runs are kept
+RUNS = Path(__file__).parent.parent / "runs" / "beyond"
+
+
+def row_config(name: str, steps: int | None = None) -> selfsup.TrainConfig:
+    """The config of row ``name`` (see :data:`BEYOND_ROWS`), its steps replaced by ``steps`` if given."""
+    data, method, method_args, extra = BEYOND_ROWS[name]
+    return selfsup.TrainConfig(**{**dict(method=method, data=data, backbone="small", device="cpu", seed=0,
+                                         method_args=method_args), **extra, **({"steps": steps} if steps else {})})
+
+
+def other_labels(run_folder: Path, encoder: nn.Module, data: str, image_size: int) -> dict[str, dict[str, float]]:
+    """kNN and linear top-1 of the trained ``encoder`` and of the run's network at random init on every relabelling
+    of ``data`` (:data:`OTHER_LABELS`), by column name."""
+    initial = method_from_checkpoint(run_folder, trained=False)[0].encoder()
+    scores = {}
+    for column, spec in OTHER_LABELS.get(data, {}).items():
+        relabelled = load_data(spec, image_size)
+        trained, lower = (probe(e, relabelled.train, relabelled.test, image_size=image_size, device="cpu")
+                          for e in (encoder, initial))
+        scores[column] = {**trained, **{f"random_init_{k}": v for k, v in lower.items()}}
+    return scores
+
+
+def beyond(args: argparse.Namespace) -> None:
+    """Every row of ``--rows``, one run at a time into RUNS/<row>; each finished row is written to
+    results/beyond.json at once, so an interrupted table resumes at the next row (``--force`` re-runs)."""
+    names = args.rows.split(",")
+    unknown = sorted(set(names) - set(BEYOND_ROWS))
+    if unknown:
+        raise SystemExit(f"unknown --rows {', '.join(unknown)}; choose from {', '.join(BEYOND_ROWS)}")
+    result = load("beyond") or {}
+    result.update(name="beyond", backbone="small", device="cpu", seed=0)
+    runs = result.setdefault("runs", {})
+    env, datasets = environment(), {}  # the code that runs is the code at start
+    for name in names:
+        if name in runs and not args.force:
+            continue
+        cfg = row_config(name, args.steps)
+        key = (cfg.data, cfg.image_size)
+        if key not in datasets:
+            datasets[key] = load_data(cfg.data, cfg.image_size)
+        run = selfsup.train(cfg, RUNS / name, overwrite=True, show_progress=False, data=datasets[key])
+        m = run.metrics
+        row = dict(data=cfg.data, method=cfg.method, method_args=cfg.method_args, steps=m["steps"],
+                   batch_size=cfg.batch_size, image_size=m["image_size"], backbone=m["backbone"],
+                   **{k: m[k] for k in SCORES + EXTRA_SCORES if k in m},
+                   other_labels=other_labels(RUNS / name, run.encoder, cfg.data, m["image_size"]), **env)
+        runs[name] = row
+        print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f} "
+              f"/ {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s, "
+              f"{m['train_seconds']:.0f} s", flush=True)
+        save(result, "beyond")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("beyond", help="video, image-text and synthetic multi-task methods on the data they learn from")
+    p.add_argument("--rows", default=",".join(BEYOND_ROWS), help=f"any of {', '.join(BEYOND_ROWS)}")
+    p.add_argument("--force", action="store_true", help="re-run rows already in the JSON")
+    p.add_argument("--steps", type=int, default=None, help="every row's steps instead of its own (a quick try)")
+    p.set_defaults(fn=beyond)
