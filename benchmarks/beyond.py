@@ -1,8 +1,8 @@
 """Methods that learn from more than one image (issue 16), each on the data it learns from (``beyond``): the video
 methods on the generated moving objects (clips: the ``frames`` field), probed on the objects' shapes and on their
-motions; the image-text methods and synthetic multi-task learning on the generated captioned scenes, probed on the
-scenes' labels (CLIP also by its zero-shot top-1). The small convnet on the CPU, seed 0, every row next to its own
-network at random init.
+motions (from the middle frame, and from all 8 frames side by side); the image-text methods and synthetic
+multi-task learning on the generated captioned scenes, probed on the scenes' labels (CLIP also by its zero-shot
+top-1). The small convnet on the CPU, seed 0, every row next to its own network at random init.
 
     python benchmarks/run.py beyond [--rows shuffle-learn,clip] [--force] [--steps N]
 """
@@ -40,8 +40,10 @@ BEYOND_ROWS: dict[str, tuple[str, str, dict, dict]] = {
     "synthetic-multitask": ("scenes", "synthetic-multitask", {"decoder_dim": 64},
                             {"steps": 250, "batch_size": 64}),  # 0.85 s/step
 }
-#: the same samples under other labels, probed too: data spec -> {column name: data spec}
-OTHER_LABELS = {"moving-objects": {"motion": "moving-objects:motion"}}
+#: the same samples under other labels, probed too: data spec -> {column name: (data spec, frames)}; ``frames``:
+#: None probes the images (a clip's middle frame), "all" every frame of a clip side by side (what motion needs)
+OTHER_LABELS = {"moving-objects": {"motion": ("moving-objects:motion", None),
+                                   "motion, 8 frames": ("moving-objects:motion", "all")}}
 #: what a row keeps of its run's metrics besides :data:`benchmarks.cpu.SCORES`, where the method reports it
 EXTRA_SCORES = ("zero_shot_top1",)
 #: where the rows' runs are kept
@@ -60,11 +62,12 @@ def other_labels(run_folder: Path, encoder: nn.Module, data: str, image_size: in
     of ``data`` (:data:`OTHER_LABELS`), by column name."""
     initial = method_from_checkpoint(run_folder, trained=False)[0].encoder()
     scores = {}
-    for column, spec in OTHER_LABELS.get(data, {}).items():
+    for column, (spec, frames) in OTHER_LABELS.get(data, {}).items():
         relabelled = load_data(spec, image_size)
-        trained, lower = (probe(e, relabelled.train, relabelled.test, image_size=image_size, device="cpu")
-                          for e in (encoder, initial))
-        scores[column] = {**trained, **{f"random_init_{k}": v for k, v in lower.items()}}
+        trained, lower = (probe(e, relabelled.train, relabelled.test, image_size=image_size, device="cpu",
+                                frames=frames) for e in (encoder, initial))
+        scores[column] = {**trained, **{f"random_init_{k}": v for k, v in lower.items()}, "data": spec,
+                          "frames": frames}
     return scores
 
 

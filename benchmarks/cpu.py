@@ -160,8 +160,9 @@ def _interrupted(folder: Path, cfg: selfsup.TrainConfig) -> bool:
 def cpu_methods(args: argparse.Namespace) -> None:
     """Every method of :data:`CPU_METHODS`, small convnet, CIFAR-10, batch 256, 1000 steps, on the CPU.
 
-    One run at a time (each uses every core); each finished method is written at once and an interrupted run
-    resumes from its last checkpoint, so an interrupted table goes on where it stopped (``--force`` re-runs).
+    One run at a time (each uses every core); each finished method is written at once (merged into the JSON as it
+    is then, so two queues with different ``--methods`` can share it) and an interrupted run resumes from its last
+    checkpoint, so an interrupted table goes on where it stopped (``--force`` re-runs).
     """
     names = args.methods.split(",")
     unknown = sorted(set(names) - set(CPU_METHODS))
@@ -193,6 +194,8 @@ def cpu_methods(args: argparse.Namespace) -> None:
         resume = RUNS / name if not args.force and _interrupted(RUNS / name, cfg) else None
         m = selfsup.train(cfg, RUNS / name, overwrite=resume is None, resume=resume, show_progress=False,
                           data=dataset).metrics
+        result = load("cpu_methods") or result  # another queue may have written rows meanwhile
+        runs = result.setdefault("runs", {})
         quiet = {k: v for k, v in runs.get(name, {}).items() if k.startswith("quiet_")}  # measured on its own
         runs[name] = dict(**{k: m[k] for k in SCORES}, method=method, method_args=method_args, config=extra,
                           backbone=m["backbone"], **env, **quiet)

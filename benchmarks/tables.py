@@ -121,9 +121,17 @@ def _beyond_section() -> list[str]:
         header = ["method", "kNN %", "linear %", *(f"{o}: {k} %" for o in others for k in ("kNN", "linear")),
                   *(["zero-shot %"] if zero_shot else []), "steps", "batch", "px", "samples/s", "train s", "commit"]
         parts += [f"### `{data}`: {DATASETS.get(data, data)}\n",
-                  *(f"{o} columns: the same samples under the labels of `{data}:{o}`: "
-                    f"{DATASETS.get(f'{data}:{o}', o)}.\n" for o in others), _md(header, rows), ""]
+                  *(_other_note(data, o, next(m["other_labels"][o] for m in here.values() if o in
+                                              m.get("other_labels", {}))) for o in others), _md(header, rows), ""]
     return parts
+
+
+def _other_note(data: str, column: str, scores: dict) -> str:
+    """What the ``column`` probes of a beyond table are: which labels, from which frames."""
+    spec = scores.get("data", f"{data}:{column}")
+    seen = "every frame of a clip side by side" if scores.get("frames") == "all" else "the middle frame"
+    return (f"{column} columns: the same samples under the labels of `{spec}` ({DATASETS.get(spec, spec)}), from "
+            f"{seen}.\n")
 
 
 def _vs_init(scores: dict, key: str) -> str:

@@ -50,7 +50,8 @@ def test_rows_are_written_with_their_probes_and_tabled_and_a_rerun_resumes(bench
         assert row["samples_per_second"] > 0 and row["train_seconds"] > 0 and row["commit"]
         for scores in (row, *row["other_labels"].values()):
             assert all(0 <= scores[p + k] <= 1 for p in ("", "random_init_") for k in ("knn_top1", "linear_top1"))
-    assert set(runs["tracking"]["other_labels"]) == {"motion"} and runs["clip"]["other_labels"] == {}
+    assert set(runs["tracking"]["other_labels"]) == {"motion", "motion, 8 frames"}
+    assert runs["clip"]["other_labels"] == {}
     assert 0 <= runs["clip"]["zero_shot_top1"] <= 1 and "zero_shot_top1" not in runs["tracking"]
 
     # the motion column's random init is the network the engine's own random-init probe saw
@@ -63,6 +64,8 @@ def test_rows_are_written_with_their_probes_and_tabled_and_a_rerun_resumes(bench
     assert not (motion.test.labels == shapes.test.labels).all()
     assert runs["tracking"]["other_labels"]["motion"]["random_init_knn_top1"] == probe(
         initial, motion.train, motion.test, image_size=16, device="cpu")["knn_top1"]
+    assert runs["tracking"]["other_labels"]["motion, 8 frames"]["random_init_linear_top1"] == probe(
+        initial, motion.train, motion.test, image_size=16, device="cpu", frames="all")["linear_top1"]
 
     md = (tmp_path / "results" / "README.md").read_text()
     assert "## Beyond one image" in md and "### `moving-objects`" in md and "### `scenes`" in md

@@ -257,6 +257,19 @@ def test_eval_few_label_shows_each_fraction_for_each_run_and_its_lower_bounds_an
                           "has no labeled train and test splits")
 
 
+def test_eval_knn_over_frames_of_clips_and_its_errors(tmp_path, capsys, monkeypatch):
+    run = tiny_run(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert main(["eval", "linear", "--checkpoint", run, "--data", "moving-objects:motion", "--frames", "0,7"]) == 0
+    out = capsys.readouterr().out
+    assert "linear top-1 % (frames 0,7)" in out and len([line for line in out.splitlines() if "px" in line]) == 3
+    base = ["eval", "knn", "--checkpoint", run]
+    assert_one_line_error(capsys, base + ["--data", "moving-objects", "--frames", "0,x"], "must be 'all' or frame")
+    assert_one_line_error(capsys, base + ["--data", "digits", "--frames", "all"], "a probe over frames needs clips")
+    assert_one_line_error(capsys, ["eval", "layers", "--checkpoint", run, "--data", "moving-objects", "--frames",
+                                   "all"], "--frames is an option of 'eval knn' and 'eval linear'")
+
+
 def test_eval_finetune_reports_top1_and_draws_a_curve_per_row(tmp_path, capsys, monkeypatch):
     from selfsup.evaluate import report
 

@@ -8,6 +8,7 @@ import torch
 from selfsup import evaluate
 from selfsup.backbones import build_backbone
 from selfsup.data import ImageSet, load_data
+from selfsup.errors import UserError
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.knn import knn_predict
 from selfsup.evaluate.linear import linear_top1
@@ -86,3 +87,44 @@ def test_evaluation_defaults_to_the_size_the_encoder_was_trained_at(tmp_path):
     assert selfsup.evaluate.knn(run.encoder, data.train, data.test, image_size=8) != run.metrics["knn_top1"]
     reloaded, _ = selfsup.method_from_checkpoint(tmp_path / "a")
     assert selfsup.evaluate.trained_size(reloaded.encoder()) == 16
+
+
+class Pixels(torch.nn.Module):
+    """A fixed 'backbone': the image average-pooled to 2 x 2, flattened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device for extract_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) + self.anchor
+
+
+def brightening(n: int, seed: int) -> ImageSet:
+    """Clips of 3 frames that brighten (label 1) or darken (label 0) by 40 levels a frame around a middle frame of
+    the same random brightness in either class: one frame tells nothing, two tell the class."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    base = torch.randint(60, 190, (n, 1, 1, 1, 1), generator=g).float()
+    step = (labels * 2 - 1).float().view(n, 1, 1, 1, 1) * 40 * torch.tensor([-1.0, 0, 1]).view(1, 3, 1, 1, 1)
+    clips = (base + step + torch.randn(n, 3, 3, 8, 8, generator=g) * 4).clamp(0, 255).to(torch.uint8)
+    return ImageSet(clips[:, 1].contiguous(), labels, ["darker", "brighter"], fields={"frames": clips})
+
+
+def test_a_probe_over_frames_sees_each_frame_side_by_side_and_tells_what_one_frame_cannot():
+    torch.manual_seed(0)
+    data = load_data("moving-objects:motion", image_size=16)
+    net = build_backbone("small", image_size=16, width=0.25).eval()
+    ftr, _ = evaluate._features(net, data.train, data.test, 16, "cpu", frames=[0, -1])
+    clips = data.train.fields["frames"]
+    expected = torch.cat([extract_features(net, clips[:, i], 16) for i in (0, clips.shape[1] - 1)], 1)
+    assert torch.allclose(ftr, expected)  # frame order kept, each frame through the evaluation transform
+    train, test, pixels = brightening(300, 0), brightening(200, 1), Pixels()
+    one = evaluate.probe(pixels, train, test)  # the middle frame alone
+    several = evaluate.probe(pixels, train, test, frames=[0, 2])
+    assert one["linear_top1"] < 0.65 and several["linear_top1"] > 0.95, (one, several)
+    with pytest.raises(UserError, match="not indices into clips of 3 frames"):
+        evaluate.knn(pixels, train, test, frames=[0, 3])
+    digits = load_data("digits", image_size=8)
+    with pytest.raises(UserError, match="needs clips"):
+        evaluate.probe(pixels, digits.train, digits.test, frames="all")

@@ -142,9 +142,14 @@ def run_eval(args: argparse.Namespace) -> int:
         return protocols[args.protocol](args, device)
     if args.plot and (args.protocol != "layers" or Path(args.plot).suffix.lower() != ".png"):
         raise UserError("--plot draws the per-stage curves of 'eval layers' into a .png file")
+    if args.frames is not None and args.protocol not in ("knn", "linear"):
+        raise UserError("--frames is an option of 'eval knn' and 'eval linear'")
     tables: dict[tuple, list] = {}
     curves: list[tuple[str, list[str], list[float]]] = []
-    for label, curve, backbone, size, encoder, data in eval_rows(args):  # each run, its random init and rescaled
+    rows = eval_rows(args)
+    if args.frames is not None:
+        evaluate.clip_frames(rows[0].data.test, args.frames)  # clips, and those frames in them, before any work
+    for label, curve, backbone, size, encoder, data in rows:  # each run, its random init and rescaled
         _note(f"{args.protocol}: {label.strip()} ({backbone}, {size} px) on {len(data.train)} + {len(data.test)} "
               f"images ...")
         kw = dict(image_size=size, device=device)
@@ -154,8 +159,10 @@ def run_eval(args: argparse.Namespace) -> int:
             key = ("run", "backbone", *stage_names(encoder))
         else:
             fn = evaluate.knn if args.protocol == "knn" else evaluate.linear
-            scores, key = {"": fn(encoder.to(device), data.train, data.test, **kw)}, ("run", "backbone",
-                                                                                     f"{args.protocol} top-1 %")
+            shown = args.frames if args.frames in (None, "all") else ",".join(map(str, args.frames))
+            over = "" if shown is None else f" (frames {shown})"
+            scores = {"": fn(encoder.to(device), data.train, data.test, frames=args.frames, **kw)}
+            key = ("run", "backbone", f"{args.protocol} top-1 %{over}")
         tables.setdefault(key, []).append([label, f"{backbone}, {size} px", *scores.values()])
         curves.append((curve, list(scores), list(scores.values())))
     if args.plot:

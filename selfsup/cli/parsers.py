@@ -107,6 +107,9 @@ def _eval_parser(sub) -> None:
                                                       "a dashed one per random init; finetune: test top-1 against "
                                                       "epoch, a line per row")
     p.add_argument("--samples", type=_positive, default=10_000, help="fid: images of each kind (default 10000)")
+    p.add_argument("--frames", type=_frames, help="knn, linear: probe these frames of each clip side by side "
+                                                   "(indices, e.g. 0,4,7, or all; data with clips: a video folder, "
+                                                   "moving-objects:motion): motion shows there, not in one frame")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="run folder or checkpoint.pt; repeat to compare several in one table")
     p.add_argument("--data", required=True, help="data SPEC with labels (as for train); segmentation and detection: "
@@ -120,6 +123,17 @@ def _positive(value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {value})")
     return int(value)
+
+
+def _frames(value: str) -> list[int] | str:
+    """argparse type: ``all`` or comma-separated frame indices."""
+    if value == "all":
+        return value
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'all' or frame indices separated by commas, e.g. 0,4,7 "
+                                         f"(got {value})") from None
 
 
 def _fractions(value: str) -> list[float]:

@@ -2,7 +2,8 @@
 
 Every function takes any backbone ``nn.Module`` and two labeled :class:`~selfsup.data.ImageSet`
 splits, e.g. ``selfsup.evaluate.knn(run.encoder, data.train, data.test)``; images are resized to the size the
-encoder was trained at (or ``image_size``). :func:`finetune` trains the whole network with a new head, and
+encoder was trained at (or ``image_size``); on clips (a ``frames`` field) ``frames=`` probes several frames side by
+side. :func:`finetune` trains the whole network with a new head, and
 :func:`few_label` scores probes (and fine-tuning) on class-balanced subsets of the train labels.
 """
 
@@ -22,8 +23,8 @@ from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_top1
 from selfsup.evaluate.subsets import few_label_indices, few_label_subsets, subset
 
-__all__ = ["extract_features", "few_label", "few_label_indices", "few_label_subsets", "finetune", "knn", "knn_top1",
-           "layers", "linear", "linear_top1", "probe", "scores", "subset", "trained_size"]
+__all__ = ["clip_frames", "extract_features", "few_label", "few_label_indices", "few_label_subsets", "finetune", "knn",
+           "knn_top1", "layers", "linear", "linear_top1", "probe", "scores", "subset", "trained_size"]
 
 
 def trained_size(encoder: nn.Module) -> int | None:
@@ -33,19 +34,39 @@ def trained_size(encoder: nn.Module) -> int | None:
     return size if isinstance(size, int) else None
 
 
+def clip_frames(images: ImageSet, frames: Sequence[int] | str) -> list[torch.Tensor]:
+    """The frames ``frames`` (indices into each clip, or ``"all"``) of every clip of ``images``' ``frames`` field
+    ``(N, T, 3, H, W)``, one ``(N, 3, H, W)`` tensor per index."""
+    if "frames" not in images.fields:
+        raise UserError("a probe over frames needs clips (a 'frames' field: a video folder, moving-objects)")
+    clips = images.fields["frames"]
+    t = clips.shape[1]
+    idx = list(range(t)) if frames == "all" else list(frames)
+    if not idx or not all(-t <= i < t for i in idx):
+        raise UserError(f"frames {frames} are not indices into clips of {t} frames")
+    return [clips[:, i] for i in idx]
+
+
 def _features(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: int | None,
-              device: str | torch.device | None, stages: bool = False, max_dim: int = MAX_STAGE_DIM):
+              device: str | torch.device | None, stages: bool = False, max_dim: int = MAX_STAGE_DIM,
+              frames: Sequence[int] | str | None = None):
     """Frozen features of both splits at ``image_size`` (default: the size the encoder was trained at, else the
-    images' own)."""
+    images' own); with ``frames``, the features of those frames of each clip side by side (frame order kept)."""
     size = image_size or trained_size(backbone) or int(train.images.shape[-1])
+    if frames is not None:
+        return tuple(torch.cat([extract_features(backbone, f, size, device=device) for f in clip_frames(s, frames)],
+                               1) for s in (train, test))
     return tuple(extract_features(backbone, s.images, size, device=device, stages=stages, max_dim=max_dim)
                  for s in (train, test))
 
 
 def probe(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
-          device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1) -> dict[str, float]:
-    """kNN and linear-probe top-1 from one feature extraction: ``{"knn_top1": .., "linear_top1": ..}``."""
-    ftr, fte = _features(backbone, train, test, image_size, device)
+          device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1,
+          frames: Sequence[int] | str | None = None) -> dict[str, float]:
+    """kNN and linear-probe top-1 from one feature extraction: ``{"knn_top1": .., "linear_top1": ..}``. With
+    ``frames`` (indices, or ``"all"``) the probes see those frames of each clip side by side: what changes over
+    time (motion) shows there, not in one frame."""
+    ftr, fte = _features(backbone, train, test, image_size, device, frames=frames)
     return scores(ftr, train.labels, fte, test.labels, k, temperature)
 
 
@@ -57,16 +78,18 @@ def scores(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: to
 
 
 def knn(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
-        device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1) -> float:
-    """kNN top-1 (k=200, votes weighted by exp(sim / 0.1)) of frozen backbone features."""
-    ftr, fte = _features(backbone, train, test, image_size, device)
+        device: str | torch.device | None = None, k: int = 200, temperature: float = 0.1,
+        frames: Sequence[int] | str | None = None) -> float:
+    """kNN top-1 (k=200, votes weighted by exp(sim / 0.1)) of frozen backbone features (``frames``: see
+    :func:`probe`)."""
+    ftr, fte = _features(backbone, train, test, image_size, device, frames=frames)
     return knn_top1(ftr, train.labels, fte, test.labels, k, temperature)
 
 
 def linear(backbone: nn.Module, train: ImageSet, test: ImageSet, *, image_size: int | None = None,
-           device: str | torch.device | None = None) -> float:
-    """Linear-probe top-1 of frozen backbone features."""
-    ftr, fte = _features(backbone, train, test, image_size, device)
+           device: str | torch.device | None = None, frames: Sequence[int] | str | None = None) -> float:
+    """Linear-probe top-1 of frozen backbone features (``frames``: see :func:`probe`)."""
+    ftr, fte = _features(backbone, train, test, image_size, device, frames=frames)
     return linear_top1(ftr, train.labels, fte, test.labels)
 
 
