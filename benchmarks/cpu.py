@@ -126,7 +126,8 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     # issue 15: reconstruction and generation
     "dae": ("dae", {}, {}), "context-encoder": ("context-encoder", {}, {}), "split-brain": ("split-brain", {}, {}),
     "super-resolution": ("super-resolution", {}, {}), "mae": ("mae", {}, {"backbone": "vit-tiny"}),
-    "cpc": ("cpc", {}, {}), "bigan": ("bigan", {"generator_width": 0.125}, {"batch_size": 128}),
+    "cpc": ("cpc", {}, {}),
+    "bigan": ("bigan", {"generator_width": 0.125, "discriminator_width": 0.25}, {"batch_size": 128}),
     # issue 16: groups of images and several views
     "cmc": ("cmc", {}, {}), "and": ("and", {}, {}),
     # JULE merges every epoch (5 here) down to 100 clusters; multi-task: seed 000's combination without video
