@@ -42,8 +42,8 @@ BENCH = re.compile(r"(<!-- bench:(\w+) -->\n)(.*?)(<!-- /bench:\2 -->\n)", re.S)
 
 def readme_bench(args: argparse.Namespace) -> None:
     """The README's bench section from a ``selfsup bench`` folder: its report's table between the markers
-    ``<!-- bench:BUDGET -->`` and ``<!-- /bench:BUDGET -->``, its plots copied to ``results/bench_BUDGET/``, so the
-    README's numbers are the report's, not typed."""
+    ``<!-- bench:BUDGET -->`` and ``<!-- /bench:BUDGET -->``, its plots and its cells' JSON copied to
+    ``results/bench_BUDGET/``, so the README's numbers are the report's, not typed, and outlive the bench folder."""
     import shutil
 
     bench, budget, readme_file = Path(args.bench), args.budget, Path(getattr(args, "readme", None) or README)
@@ -60,6 +60,7 @@ def readme_bench(args: argparse.Namespace) -> None:
             shutil.copy(bench / name, pictures / name)
             plots.append(f"![{name}](benchmarks/results/bench_{budget}/{name})")
     shutil.copy(report, pictures / "report.md")
+    shutil.copytree(bench / "cells", pictures / "cells", dirs_exist_ok=True)  # kept with the report it backs
     body = (f"From `selfsup bench --budget {budget}` ({bench.name}/report.md, copied to "
             f"`benchmarks/results/bench_{budget}/`; every cell's command and commit are listed there):\n\n"
             + "\n".join(table) + "\n\n" + "\n".join(plots) + ("\n" if plots else ""))

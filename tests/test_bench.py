@@ -83,6 +83,8 @@ def test_bench_trains_evaluates_keeps_and_resumes(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n<!-- bench:smoke -->\n") and text.endswith("rest\n")
     assert "| rotnet |" in text and (tmp_path / "benchmarks/results/bench_smoke/few_label.png").exists()
+    kept = tmp_path / "benchmarks/results/bench_smoke/cells"
+    assert read_cell(kept.parent, "rotnet", "probe") == read_cell(out, "rotnet", "probe")
     # a second bench trains and evaluates nothing: every run finished, every cell kept
     stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("*.json"), out / "rotnet" / "checkpoint.pt"]}
     bench("rotnet", "digits", "smoke", "knn,linear,few-label", out, say=lines.append)

@@ -6,7 +6,6 @@ Scale Adversarial Representation Learning", NeurIPS 2019)."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,22 +13,19 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.data.ops.base import resize
-from selfsup.data.sources import Dataset
 from selfsup.data.views import augmented, for_this_rank, prepare
 from selfsup.errors import UserError
-from selfsup.evaluate.pictures import save_image_grid
-from selfsup.heads.generator import ResNetGenerator, generate, sample_latent, to_unit
+from selfsup.heads.generator import ResNetGenerator, sample_latent, to_unit
 from selfsup.heads.joint import JointDiscriminator
 from selfsup.losses.bigan import bigan_d_loss, bigan_eg_loss
-from selfsup.methods.base import Batch, Method
+from selfsup.methods.base import Batch
+from selfsup.methods.gan import DCGAN_ADAM, GAN, with_spectral_norm
 from selfsup.methods.panels import Panel, unprepare
-from selfsup.methods.ssgan import check_phase_split, with_spectral_norm
 
-ADAM = dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), weight_decay=0.0, schedule="constant", warmup_epochs=0.0)
 SCORES = ("joint", "image", "latent")  # the names of the loss terms of s_xz, s_x, s_z
 
 
-class BiGAN(Method):
+class BiGAN(GAN):
     """Encoder E = the backbone + a linear layer to the latent: with ``stochastic`` (BigBiGAN) a Gaussian, mean and
     softplus scale, sampled by reparameterisation (z = mu + sigma * eps); else BiGAN's deterministic z = E(x).
     Generator G = the SNGAN ResNet generator (``z_dim``, ``generator_width``); latents z ~ N(0, I). Discriminator
@@ -44,30 +40,26 @@ class BiGAN(Method):
     name = "bigan"
     paper = ("Donahue, Kraehenbuehl, Darrell, Adversarial Feature Learning, ICLR 2017; Donahue & Simonyan, "
              "Large Scale Adversarial Representation Learning, NeurIPS 2019")
-    optimizer_defaults = {"discriminator": ADAM, "generator": ADAM}
+    optimizer_defaults = {"discriminator": DCGAN_ADAM, "generator": DCGAN_ADAM}
     augment_defaults = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "jitter_p": 0.0, "gray_p": 0.0}
-    pictures = ("samples.png",)
 
     def __init__(self, *args, n_dis: int = 1, z_dim: int = 128, generator_width: float = 1.0,
                  discriminator_width: float = 1.0, hidden_dim: int = 512, unary: bool = True, stochastic: bool = True,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if n_dis < 1 or hidden_dim < 1:
-            raise UserError(f"bigan: n_dis and hidden_dim must be at least 1 (got {n_dis}, {hidden_dim})")
-        self.n_dis, self.z_dim, self.stochastic = n_dis, z_dim, stochastic
+        if hidden_dim < 1:
+            raise UserError(f"bigan: hidden_dim must be at least 1 (got {hidden_dim})")
+        self.set_phases(n_dis)
+        self.z_dim, self.stochastic = z_dim, stochastic
         self.generator = ResNetGenerator(z_dim, generator_width, self.image_size)
         self.to_latent = nn.Linear(self.feat_dim, 2 * z_dim if stochastic else z_dim)
         trunk = build_backbone("sngan", self.image_size, width=discriminator_width)
         self.discriminator = with_spectral_norm(JointDiscriminator(trunk, trunk.out_dim, z_dim, hidden_dim, unary))
-        self.phases = ["discriminator"] * n_dis + ["generator"]
 
     def parameters_of(self, optimizer: str) -> list[nn.Parameter]:
         if optimizer == "discriminator":
             return list(self.discriminator.parameters())
         return [p for m in (self.generator, self.backbone, self.to_latent) for p in m.parameters()]
-
-    def check_batch(self, global_batch: int) -> None:
-        check_phase_split(self.name, global_batch, self.n_dis)
 
     def _latents(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` draws of N(0, I) for the global batch, this process's rows (N processes draw what one would)."""
@@ -113,12 +105,3 @@ class BiGAN(Method):
         z = self._latents(len(images), generator)
         recon, samples = to_unit(self.generator(torch.cat([z_real, z]))).float().chunk(2)  # eval mode: running BN
         return [Panel("reconstructions G(E(x))", recon), Panel("samples G(z), z ~ N(0, I)", samples)]
-
-    @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` generated images as uint8 ``(n, 3, H, W)`` (generator in eval mode, latents from ``seed``)."""
-        return generate(self.generator, n, seed)
-
-    def report(self, out: Path, data: Dataset) -> dict[str, float]:
-        save_image_grid(self.sample(64), out / "samples.png", nrow=8, title=f"{self.name}: 64 generated samples")
-        return {}

@@ -25,13 +25,9 @@ from selfsup.errors import UserError
 from selfsup.losses.gan import ns_d_loss, ns_g_loss
 from selfsup.losses.inpainting import masked_squared_error
 from selfsup.methods.base import Batch, Method
+from selfsup.methods.gan import DCGAN_ADAM, with_spectral_norm
 from selfsup.methods.panels import Panel, unprepare
 from selfsup.methods.reconstruction import pixel_decoder, psnr_captions
-from selfsup.methods.ssgan import with_spectral_norm
-
-#: DCGAN's Adam (Radford et al., ICLR 2016), the paper's optimiser
-DCGAN_ADAM = dict(optimizer="adam", lr=2e-4, betas=(0.5, 0.999), weight_decay=0.0, schedule="constant",
-                  warmup_epochs=0.0)
 
 
 class ContextEncoder(Method):

@@ -18,7 +18,7 @@ from selfsup.heads.domain import FeatureDiscriminator
 from selfsup.losses.gan import ns_d_loss, ns_g_loss
 from selfsup.losses.geometry import DEPTH_LOSSES, NORMAL_LOSSES, geometry_losses
 from selfsup.methods.base import Batch, Method
-from selfsup.methods.context_encoder import DCGAN_ADAM
+from selfsup.methods.gan import DCGAN_ADAM
 from selfsup.methods.geometry import geometry_pictures, prediction_rows
 from selfsup.methods.panels import Panel
 from selfsup.methods.reconstruction import pixel_decoder
