@@ -73,7 +73,8 @@ def other_labels(run_folder: Path, encoder: nn.Module, data: str, image_size: in
 
 def beyond(args: argparse.Namespace) -> None:
     """Every row of ``--rows``, one run at a time into RUNS/<row>; each finished row is written to
-    results/beyond.json at once, so an interrupted table resumes at the next row (``--force`` re-runs)."""
+    results/beyond.json at once (merged into the file as it is then, so queues of other rows can share it), so an
+    interrupted table resumes at the next row (``--force`` re-runs)."""
     names = args.rows.split(",")
     unknown = sorted(set(names) - set(BEYOND_ROWS))
     if unknown:
@@ -95,6 +96,8 @@ def beyond(args: argparse.Namespace) -> None:
                    batch_size=cfg.batch_size, image_size=m["image_size"], backbone=m["backbone"],
                    **{k: m[k] for k in SCORES + EXTRA_SCORES if k in m},
                    other_labels=other_labels(RUNS / name, run.encoder, cfg.data, m["image_size"]), **env)
+        result = load("beyond") or result  # another queue may have written rows meanwhile
+        runs = result.setdefault("runs", {})
         runs[name] = row
         print(f"{name}: kNN {m['knn_top1']:.3f} linear {m['linear_top1']:.3f} (random {m['random_init_knn_top1']:.3f} "
               f"/ {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s, "
