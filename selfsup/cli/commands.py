@@ -147,8 +147,10 @@ def run_eval(args: argparse.Namespace) -> int:
     tables: dict[tuple, list] = {}
     curves: list[tuple[str, list[str], list[float]]] = []
     rows = eval_rows(args)
+    over = ""
     if args.frames is not None:
-        evaluate.clip_frames(rows[0].data.test, args.frames)  # clips, and those frames in them, before any work
+        evaluate.probed_frames(rows[0].data.test, args.frames)  # clips, and those frames in them, before any work
+        over = f" (frames {args.frames if args.frames == 'all' else ','.join(map(str, args.frames))})"
     for label, curve, backbone, size, encoder, data in rows:  # each run, its random init and rescaled
         _note(f"{args.protocol}: {label.strip()} ({backbone}, {size} px) on {len(data.train)} + {len(data.test)} "
               f"images ...")
@@ -159,8 +161,6 @@ def run_eval(args: argparse.Namespace) -> int:
             key = ("run", "backbone", *stage_names(encoder))
         else:
             fn = evaluate.knn if args.protocol == "knn" else evaluate.linear
-            shown = args.frames if args.frames in (None, "all") else ",".join(map(str, args.frames))
-            over = "" if shown is None else f" (frames {shown})"
             scores = {"": fn(encoder.to(device), data.train, data.test, frames=args.frames, **kw)}
             key = ("run", "backbone", f"{args.protocol} top-1 %{over}")
         tables.setdefault(key, []).append([label, f"{backbone}, {size} px", *scores.values()])

@@ -23,8 +23,8 @@ from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_top1
 from selfsup.evaluate.subsets import few_label_indices, few_label_subsets, subset
 
-__all__ = ["clip_frames", "extract_features", "few_label", "few_label_indices", "few_label_subsets", "finetune", "knn",
-           "knn_top1", "layers", "linear", "linear_top1", "probe", "scores", "subset", "trained_size"]
+__all__ = ["extract_features", "few_label", "few_label_indices", "few_label_subsets", "finetune", "knn", "knn_top1",
+           "layers", "linear", "linear_top1", "probe", "probed_frames", "scores", "subset", "trained_size"]
 
 
 def trained_size(encoder: nn.Module) -> int | None:
@@ -34,7 +34,7 @@ def trained_size(encoder: nn.Module) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def clip_frames(images: ImageSet, frames: Sequence[int] | str) -> list[torch.Tensor]:
+def probed_frames(images: ImageSet, frames: Sequence[int] | str) -> list[torch.Tensor]:
     """The frames ``frames`` (indices into each clip, or ``"all"``) of every clip of ``images``' ``frames`` field
     ``(N, T, 3, H, W)``, one ``(N, 3, H, W)`` tensor per index."""
     if "frames" not in images.fields:
@@ -54,7 +54,7 @@ def _features(backbone: nn.Module, train: ImageSet, test: ImageSet, image_size: 
     images' own); with ``frames``, the features of those frames of each clip side by side (frame order kept)."""
     size = image_size or trained_size(backbone) or int(train.images.shape[-1])
     if frames is not None:
-        return tuple(torch.cat([extract_features(backbone, f, size, device=device) for f in clip_frames(s, frames)],
+        return tuple(torch.cat([extract_features(backbone, f, size, device=device) for f in probed_frames(s, frames)],
                                1) for s in (train, test))
     return tuple(extract_features(backbone, s.images, size, device=device, stages=stages, max_dim=max_dim)
                  for s in (train, test))
