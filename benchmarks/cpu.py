@@ -163,7 +163,8 @@ def cpu_methods(args: argparse.Namespace) -> None:
 
     One run at a time (each uses every core); each finished method is written at once (merged into the JSON as it
     is then, so two queues with different ``--methods`` can share it) and an interrupted run resumes from its last
-    checkpoint, so an interrupted table goes on where it stopped (``--force`` re-runs).
+    checkpoint, so an interrupted table goes on where it stopped (``--force`` re-runs; an interrupted re-run of a
+    measured row resumes without it).
     """
     names = args.methods.split(",")
     unknown = sorted(set(names) - set(CPU_METHODS))
@@ -188,11 +189,11 @@ def cpu_methods(args: argparse.Namespace) -> None:
         save(result, "cpu_methods")
         return
     for name in names:
-        if name in runs and not args.force:
-            continue
-        method, method_args, extra = CPU_METHODS[name]
         cfg = method_config(name, args.data, args.steps, args.batch_size)
         resume = RUNS / name if not args.force and _interrupted(RUNS / name, cfg) else None
+        if name in runs and not args.force and resume is None:
+            continue  # measured, and no re-run of it was interrupted
+        method, method_args, extra = CPU_METHODS[name]
         m = selfsup.train(cfg, RUNS / name, overwrite=resume is None, resume=resume, show_progress=False,
                           data=dataset).metrics
         result = load("cpu_methods") or result  # another queue may have written rows meanwhile

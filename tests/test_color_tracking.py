@@ -22,7 +22,7 @@ from selfsup.engine.epoch import Epoch
 from selfsup.errors import UserError
 from selfsup.losses.pointer import pointer_colour_loss, pointer_copy
 from selfsup.methods import Batch
-from selfsup.methods.color_tracking import ColorTracking, propagate
+from selfsup.methods.color_tracking import ColorTracking
 from selfsup.methods.video import part_labels
 from tests.helpers import assert_two_ranks_train_like_one
 
@@ -183,7 +183,7 @@ def square_clip(t: int = 6, size: int = 32, side: int = 10, step: tuple[int, int
 def test_propagate_keeps_a_mask_on_a_moving_square():
     frames, masks = square_clip()
     method = tracker(32, backbone=Brightness(), identity=True, embed_dim=2)
-    out = propagate(method, frames, masks[None, :1].float())
+    out = method.propagate(frames, masks[None, :1].float())
     assert out.shape == (1, 6, 1, 32, 32)
     assert torch.equal(out[0, 0, 0], masks[0].float())
     predicted = out[0, -1, 0] > 0.5
@@ -191,7 +191,7 @@ def test_propagate_keeps_a_mask_on_a_moving_square():
     assert iou > 0.5, iou
     assert not (predicted & masks[0]).any()  # it left the square's first place
     # a part grid propagates as distributions: every pixel's labels still sum to 1
-    parts = propagate(method, frames, part_labels(1, 2, 32, 32))
+    parts = method.propagate(frames, part_labels(1, 2, 32, 32))
     torch.testing.assert_close(parts.sum(2), torch.ones(1, 6, 32, 32), atol=1e-5, rtol=0)
 
 
@@ -287,7 +287,7 @@ def test_loss_falls_and_tracking_emerges(tmp_path):
     init = build_method(resolve_config(cfg, data), 32, data.num_classes, num_samples=len(data.pretrain))
 
     def on_object(method: ColorTracking) -> float:
-        out = propagate(method, data.test.fields["frames"], masks[:, :1])[:, -1, 0]
+        out = method.propagate(data.test.fields["frames"], masks[:, :1])[:, -1, 0]
         return float(((out * masks[:, -1]).sum((1, 2)) / out.sum((1, 2))).mean())
 
     assert on_object(run.method) > on_object(init) + 0.1

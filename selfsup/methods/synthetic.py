@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from selfsup.backbones import feature_map
 from selfsup.data.ops.dense import GEOMETRY_MAPS, geometry_views
@@ -26,25 +27,21 @@ from selfsup.methods.video import photometric, shared_params
 
 
 class SyntheticMultiTask(Method):
-    """Every synthetic image (a sample of the ``scenes`` data, whose fields give its ``depth``, camera-space
-    ``normals`` and ``contours``) is cropped and flipped with its three target maps alike (the image bilinearly, the
-    maps by nearest neighbour; a flip negates the normals' x component), then colour-augmented as ``augment`` says.
-    Three pixel decoders on the backbone's last feature map predict the depth ([0, 1], near to far; ``depth_loss``
-    ``l1`` (default) or ``berhu``), the normals (``normals_loss`` ``cosine`` (default, the released code's) or ``l2``
-    on the unit normals) and a contour logit per pixel (HED's class-balanced binary cross-entropy, the paper's); the
-    loss is their sum weighted by ``depth_weight``, ``normals_weight`` and ``contours_weight`` (1 each, the released
-    config's).
+    """Every synthetic image (a ``scenes`` sample, whose fields give its ``depth``, camera-space ``normals`` and
+    ``contours``) is cropped and flipped with its three maps alike (the image bilinearly, the maps by nearest
+    neighbour; a flip negates the normals' x), then colour-augmented. Three pixel decoders on the backbone's last
+    feature map predict the depth ([0, 1], near to far; ``depth_loss`` ``l1`` or ``berhu``), the normals
+    (``normals_loss`` ``cosine``, the released code's, or ``l2``) and a contour logit per pixel (HED's class-balanced
+    cross-entropy, the paper's); the loss is their sum weighted by ``depth_weight``, ``normals_weight`` and
+    ``contours_weight`` (1 each, the released config's).
 
-    ``real``: a data SPEC (``cifar10``, a folder, ...) of real images, loaded once at the run's image size, adds the
-    paper's domain adaptation in GAN-style alternating phases: each step draws as many real images as synthetic ones
-    (uniformly, with the step's generator, for the global batch) and augments them as the synthetic ones (crop,
-    flip, colour); the trunk encodes both in one pass (so batch norm sees both domains). First a ``discriminator``
-    phase (its own optimiser, DCGAN's Adam; the trunk untouched): a small convnet on the trunk's feature map (the
-    paper's conv5) is trained to call real features real and synthetic ones synthetic (cross-entropy); then the main
-    phase trains trunk and decoders on the tasks plus ``adversarial_weight`` (0.1, the released config's) times the
-    non-saturating loss that pushes the discriminator's real-probability of synthetic features up. The real images are
-    held in memory as uint8, outside the state dict. Adam at 1e-3 per 256 images, no weight decay (the released code
-    trains trunk and heads with Adam)."""
+    ``real``: a data SPEC of real images (``cifar10``, a folder, ...; held in memory as uint8 at the run's image size,
+    outside the state dict) adds the paper's domain adaptation in GAN-style phases: each step draws as many real
+    images as synthetic ones (uniformly, for the global batch), augmented alike, and the trunk encodes both in one
+    pass (batch norm sees both domains). A ``discriminator`` phase (DCGAN's Adam, the trunk untouched) trains a small
+    convnet on the trunk's feature map (the paper's conv5) to tell real features from synthetic ones; the main phase
+    trains trunk and decoders on the tasks plus ``adversarial_weight`` (0.1, the released config's) times the
+    non-saturating loss that makes synthetic features look real. Adam at 1e-3 per 256 images, no weight decay."""
 
     name = "synthetic-multitask"
     paper = "Ren, Lee, Cross-Domain Self-supervised Multi-task Feature Learning using Synthetic Imagery, CVPR 2018"
@@ -65,9 +62,8 @@ class SyntheticMultiTask(Method):
         if min(weights) < 0 or not all(math.isfinite(w) for w in weights) or decoder_dim < 1 or discriminator_dim < 1:
             raise UserError(f"{self.name}: the loss weights must be finite and >= 0, decoder_dim and discriminator_dim "
                             f"at least 1")
-        self.depth_loss, self.normals_loss = depth_loss, normals_loss
+        self.depth_loss, self.normals_loss, self.adversarial_weight = depth_loss, normals_loss, adversarial_weight
         self.weights = dict(zip(GEOMETRY_MAPS, (depth_weight, normals_weight, contours_weight)))
-        self.adversarial_weight = adversarial_weight
         self.decoders = torch.nn.ModuleDict({k: pixel_decoder(self.backbone, self.in_channels, self.image_size, c,
                                                               decoder_dim) for k, c in GEOMETRY_MAPS.items()})
         self.real = None if real in (None, "", "none") else str(real)
@@ -108,8 +104,7 @@ class SyntheticMultiTask(Method):
         """The decoders' raw outputs at ``image_size``: depth, normals (any length) and contour logits."""
         return {k: d(fmap, self.image_size) for k, d in self.decoders.items()}
 
-    def task_terms(self, predicted: dict[str, torch.Tensor],
-                   targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def task_terms(self, predicted: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """The three weighted task losses."""
         losses = geometry_losses(predicted, targets, self.depth_loss, self.normals_loss)
         return {k: self.weights[k] * v for k, v in losses.items()}
@@ -118,8 +113,7 @@ class SyntheticMultiTask(Method):
         x, targets = self._synthetic(batch)
         if self.real is None:
             return self.task_terms(self.predict(feature_map(self.backbone, prepare(x))), targets)
-        n = len(x)
-        both = prepare(torch.cat([x, self._real(n, batch.generator)]))
+        n, both = len(x), prepare(torch.cat([x, self._real(len(x), batch.generator)]))
         if self.phases[batch.phase] == "discriminator":  # real features real, synthetic ones synthetic
             with torch.no_grad():
                 fmap = feature_map(self.backbone, both)
