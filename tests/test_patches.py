@@ -173,6 +173,23 @@ def test_crop_view_tiles_equals_cropping_the_augmented_views(shape, flipped):
         for k in range(2):
             top, left = int(boxes[b, k, 0]), int(boxes[b, k, 1])
             assert_close(out[b, k], views[b, :, top:top + 12, left:left + 12], atol=1e-6, rtol=0)
+    keep = C.sample_kept_channel(16, 2, generator=_gen(4))  # one channel of each tile: the same pixels
+    one = C.crop_view_tiles(x, view, flips, 32, boxes, 12, channels=keep)
+    assert one.shape == (16, 2, 1, 12, 12) and one.is_contiguous()
+    for b in range(16):
+        for k in range(2):
+            assert_close(one[b, k, 0], out[b, k, keep[b, k]], atol=1e-6, rtol=0)
+
+
+def test_crop_view_tiles_samples_uint8_images_as_their_float_values():
+    x = torch.randint(0, 256, (6, 3, 30, 30), dtype=torch.uint8, generator=_gen(0))
+    view = sample_resized_crop(6, 30, 30, scale=(0.2, 1.0), generator=_gen(1))
+    boxes = C.sample_patch_pairs(6, 32, 32, 12, 6, 1, generator=_gen(3))
+    keep = C.sample_kept_channel(6, 2, generator=_gen(4))
+    for channels in (None, keep):
+        out = C.crop_view_tiles(x, view, None, 32, boxes, 12, channels=channels)
+        assert out.dtype == torch.float32
+        assert_close(out, C.crop_view_tiles(x.float(), view, None, 32, boxes, 12, channels=channels), atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------- colour dropping
@@ -203,6 +220,21 @@ def test_drop_channels_matches_the_per_patch_reference(scale, with_noise):
     for b in range(5):
         for t in range(2):
             assert torch.equal(out[b, t, keep[b, t]], patches[b, t, keep[b, t]])
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.5])
+@pytest.mark.parametrize("with_noise", [True, False])
+def test_dropped_patches_from_the_kept_channel_equal_dropping_then_standardising(scale, with_noise):
+    patches = torch.rand(5, 2, 3, 7, 7, generator=_gen(0)) * torch.rand(5, 2, 3, 1, 1, generator=_gen(3))
+    patches[1, 0] = 0.3  # a constant patch: its kept channel has no variance, and without noise it stays 0
+    keep = C.sample_kept_channel(5, 2, generator=_gen(1))
+    noise = C.sample_noise((5, 2, 2, 7, 7), generator=_gen(2)) if with_noise else None
+    kept = torch.stack([torch.stack([patches[b, t, keep[b, t]] for t in range(2)]) for b in range(5)]).unsqueeze(2)
+    out = C.dropped_patches(kept, keep, noise, scale)
+    expected = C.standardise_patches(_drop_reference(patches, keep, noise, scale)).float()  # float64 reference
+    assert out.shape == (5, 2, 3, 7, 7)
+    assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out[1, 0].abs().max() < 1e-3
 
 
 def test_kept_channels_are_uniform_and_independent_between_the_patches_of_a_pair():

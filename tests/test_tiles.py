@@ -259,6 +259,21 @@ def test_augment_tiles_matches_cutting_per_image_views(shape, aug, out, dtype, m
     assert_close(tiles, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("aug", [{}, dict(gray_p=0.0), dict(jitter_p=0.8)])  # with and without grey, views first
+def test_augment_tiles_cuts_one_channel_of_each_tile_as_selecting_it_after(aug, monkeypatch):
+    monkeypatch.setattr(A, "TILE_CHUNK", 5)
+    cfg = A.AugmentConfig(**{**JIGSAW_AUG, **aug})
+    images = torch.randint(0, 256, (12, 3, 30, 30), dtype=torch.uint8, generator=_gen(0))
+    boxes = J.sample_grid_tiles(12, 27, 27, generator=_gen(9))
+    channels = torch.randint(0, 3, (12, 9), generator=_gen(8))
+    every = A.augment_tiles(images, cfg, 27, _gen(3), 7)(boxes)
+    one = A.augment_tiles(images, cfg, 27, _gen(3), 7)(boxes, channels=channels)
+    assert one.shape == (12, 9, 1, 7, 7)
+    for b, t in itertools.product(range(12), range(9)):
+        assert_close(one[b, t, 0], every[b, t, channels[b, t]], atol=1e-6, rtol=0)
+    assert torch.equal(J.select_tile_channels(every, None), every)
+
+
 @pytest.mark.parametrize("aug", [{}, dict(jitter_p=0.8)])  # tiles cut straight from the images, or views first
 def test_augment_tiles_finishes_every_image_once_in_order(aug, monkeypatch):
     monkeypatch.setattr(A, "TILE_CHUNK", 5)

@@ -24,7 +24,7 @@ from selfsup.data.ops.color import (
 )
 from selfsup.data.ops.crop import resized_crop, sample_resized_crop
 from selfsup.data.ops.patches import crop_view_tiles
-from selfsup.data.ops.tiles import crop_tiles
+from selfsup.data.ops.tiles import crop_tiles, select_tile_channels
 
 #: images per slice when tiles are cut straight from the images on the CPU: 32 96-px images stay in the cache
 #: (1.4x the speed of one pass over a batch of 256)
@@ -161,17 +161,18 @@ def augment_tiles(images: Tensor, cfg: AugmentConfig, size: int, generator: torc
     ``cut(boxes)``: the tiles ``boxes`` ``(B, T, 4)`` (top, left, ``side``, ``side`` in whole pixels of the ``size`` x
     ``size`` views, drawn after this call: the generator's stream is that of augmenting, then drawing the boxes) of
     those views, resized to ``out`` (default ``side``) as :func:`~selfsup.data.ops.tiles.crop_tiles` does: float
-    [0, 1] ``(B, T, 3, out, out)``, contiguous. ``cut(boxes, finish)`` also applies ``finish(tiles, rows)`` (the
-    tiles of the images ``rows``, a slice, to what replaces them: per-tile normalisation, colour dropping), on the
-    CPU to a few images at a time while their tiles are in the cache.
+    [0, 1] ``(B, T, 3, out, out)``, contiguous; ``cut(boxes, channels=...)`` only channel ``channels[b, t]`` of each
+    tile, ``(B, T, 1, out, out)`` (colour dropping's kept channel). ``cut(boxes, finish)`` also applies
+    ``finish(tiles, rows)`` (the tiles of the images ``rows``, a slice, to what replaces them: per-tile
+    normalisation, colour dropping), on the CPU to a few images at a time while their tiles are in the cache.
 
     When the views are only cropped, flipped and turned grey and the tiles keep their size, the views are never
     made: the tiles are sampled straight from the images at the views' source coordinates, in one ``grid_sample``
     over the tiles' pixels (:func:`~selfsup.data.ops.patches.crop_view_tiles`; from the integer values, scaled to
-    [0, 1] after), and the flagged samples' tiles are turned grey (luma is linear per pixel, so it commutes with
-    bilinear sampling): the same tiles up to float rounding, at a fraction of the cost. Colour jitter (its contrast
-    blends with the whole view's mean), blur (it reaches across the tiles' edges), solarize or resized tiles (two
-    bilinear resamplings) make the views first.
+    [0, 1] after; only the asked channel of each tile unless some are grey), and the flagged samples' tiles are
+    turned grey (luma is linear per pixel, so it commutes with bilinear sampling): the same tiles up to float
+    rounding, at a fraction of the cost. Colour jitter (its contrast blends with the whole view's mean), blur (it
+    reaches across the tiles' edges), solarize or resized tiles (two bilinear resamplings) make the views first.
     """
     batch, _, height, width = images.shape
     rank, world = shard
@@ -181,25 +182,24 @@ def augment_tiles(images: Tensor, cfg: AugmentConfig, size: int, generator: torc
     with torch.autocast(on, enabled=False):
         views = None if fused else _apply(images, d, cfg, size)
 
-    def cut(boxes: Tensor, finish: Finish | None = None) -> Tensor:
+    def cut(boxes: Tensor, finish: Finish | None = None, channels: Tensor | None = None) -> Tensor:
         with torch.autocast(on, enabled=False):  # exact float32 sampling, also inside a bf16 step
             if views is not None:
-                tiles = crop_tiles(views, boxes, out or side)
+                tiles = select_tile_channels(crop_tiles(views, boxes, out or side), channels)
                 return tiles if finish is None else finish(tiles, slice(None))
-            tiles = images.new_empty((batch, boxes.shape[1], images.shape[1], side, side), dtype=torch.float32)
-            step = TILE_CHUNK if on == "cpu" else batch
-            for i in range(0, batch, step):  # on the CPU, a few images at a time stay in the cache
-                part, rows = tiles[i:i + step], slice(i, i + step)
-                source = images[rows] if images.is_floating_point() else images[rows].float()
-                crop_view_tiles(source, d.boxes[rows], None if d.flip is None else d.flip[rows], size, boxes[rows],
-                                side, out=part)
+            direct = channels if d.gray is None else None  # grey tiles need all three channels first
+            done = []
+            for i in range(0, batch, TILE_CHUNK if on == "cpu" else batch):  # CPU: a few images stay in the cache
+                rows = slice(i, i + TILE_CHUNK if on == "cpu" else batch)
+                part = crop_view_tiles(images[rows], d.boxes[rows], None if d.flip is None else d.flip[rows], size,
+                                       boxes[rows], side, None if direct is None else direct[rows])
                 if not images.is_floating_point():
                     part.mul_(1.0 / 255.0)  # sampled from the integers, then scaled: one product per tile pixel
                 if d.gray is not None:
                     per_tile = d.gray[rows, None].expand(-1, boxes.shape[1]).reshape(-1)
                     update_subset(part.flatten(0, 1), per_tile, lambda t: gray(t).expand_as(t))
-                if finish is not None:
-                    part.copy_(finish(part, rows))
-            return tiles
+                    part = select_tile_channels(part, None if channels is None else channels[rows])
+                done.append(part if finish is None else finish(part, rows))
+            return done[0] if len(done) == 1 else torch.cat(done)
 
     return cut

@@ -13,7 +13,7 @@ from selfsup.backbones.inputs import InputEncoder
 from selfsup.data.ops.base import IMAGENET_STD, constant
 from selfsup.data.ops.patches import (
     POSITIONS,
-    drop_channels,
+    dropped_patches,
     neighbour_position,
     pair_geometry,
     project_chroma,
@@ -97,7 +97,8 @@ class ContextPrediction(Method):
         kept channels and the noise, each for the global batch (:func:`~selfsup.data.views.for_this_rank`). With
         crops, flips and grayscale only and patches at their own size (the defaults), the patches are sampled
         straight from the images (:func:`~selfsup.data.augment.augment_tiles`: the same draws and pixels as making
-        the views first, at a fraction of the cost) and finished a few images at a time."""
+        the views first, at a fraction of the cost; under colour dropping only each patch's kept channel) and
+        finished a few images at a time."""
         b, device, size = len(images), images.device, self.image_size
         with torch.autocast(device.type, enabled=False):  # exact float32 sampling, also inside a bf16 step
             cut = augmented_tiles(images, self.aug, size, generator, self.patch, self.patch_size)
@@ -111,14 +112,12 @@ class ContextPrediction(Method):
                     noise = for_this_rank(lambda n: sample_noise((n, *shape), generator, device), b)
 
             def finish(patches: Tensor, rows: slice) -> Tensor:
-                if keep is not None:
-                    patches = drop_channels(patches, keep[rows], None if noise is None else noise[rows],
-                                            self.drop_noise)
-                elif self.chroma == "project":
-                    patches = project_chroma(patches)
-                return standardise_patches(patches)
+                if keep is not None:  # patches: the kept channel alone
+                    return dropped_patches(patches, keep[rows], None if noise is None else noise[rows],
+                                           self.drop_noise)
+                return standardise_patches(project_chroma(patches) if self.chroma == "project" else patches)
 
-            return cut(boxes, finish), neighbour_position(boxes)
+            return cut(boxes, finish, channels=keep), neighbour_position(boxes)
 
     def training_step(self, batch: Batch) -> Tensor:
         patches, position = self.patch_pairs(batch.images, batch.generator)

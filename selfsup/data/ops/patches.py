@@ -8,6 +8,7 @@ images through a random resized crop and flip (:func:`crop_view_tiles`)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -101,20 +102,22 @@ def neighbour_position(boxes: Tensor) -> Tensor:
 
 
 def crop_view_tiles(images: Tensor, view_boxes: Tensor, flips: Tensor | None, view_size: int, boxes: Tensor,
-                    side: int, out: Tensor | None = None) -> Tensor:
+                    side: int, channels: Tensor | None = None) -> Tensor:
     """The tiles ``boxes`` ``(B, T, 4)`` (whole pixels, ``side`` x ``side``) of the views that a random resized
-    crop to ``view_boxes`` ``(B, 4)`` at ``view_size`` and a flip where ``flips`` ``(B,)`` make of float
-    ``images`` ``(B, C, H, W)``, without making the views: ``(B, T, C, side, side)``, contiguous.
+    crop to ``view_boxes`` ``(B, 4)`` at ``view_size`` and a flip where ``flips`` ``(B,)`` make of ``images``
+    ``(B, C, H, W)`` (uint8 values or float), without making the views: float32 ``(B, T, C, side, side)``,
+    contiguous, in the images' value range; with ``channels`` ``(B, T)`` only that channel of each tile,
+    ``(B, T, 1, side, side)``.
 
     Equal to ``crop_tiles(hflip(resized_crop(images, view_boxes, view_size), flips), boxes, side)`` (ops
     :mod:`~selfsup.data.ops.crop`, :mod:`~selfsup.data.ops.color`, :mod:`~selfsup.data.ops.tiles`): every tile
     pixel is the view's bilinear sample of ``images``, at the same source coordinates (the view's sampling grid
     rows and, mirrored where flipped, columns), in one ``grid_sample`` over the tiles' pixels only. Two 36 px
-    patches of a 96 px view are a quarter of its pixels, jigsaw's nine 24 px tiles 56%. The tiles of both methods'
-    views are cut with it by :func:`selfsup.data.augment.augment_tiles`. ``out``: the float32 tensor to write
-    them into (returned).
+    patches of a 96 px view are a quarter of its pixels, jigsaw's nine 24 px tiles 56%. With ``channels`` each
+    tile samples its one image plane (colour dropping keeps one channel of three: a third of the work). The tiles
+    of both methods' views are cut with it by :func:`selfsup.data.augment.augment_tiles`.
     """
-    batch, channels, height, width = images.shape
+    batch, planes, height, width = images.shape
     tiles = boxes.shape[1]
     top, left, h, w = view_boxes.to(images.device, torch.float32).unbind(1)
     ys, xs = source_coords(top, h, view_size, height), source_coords(left, w, view_size, width)  # (B, view_size)
@@ -124,14 +127,16 @@ def crop_view_tiles(images: Tensor, view_boxes: Tensor, flips: Tensor | None, vi
     corners = boxes.to(images.device).long()
     rows = ys.gather(1, (corners[..., 0:1] + span).view(batch, -1))  # (B, T * side)
     cols = xs.gather(1, (corners[..., 1:2] + span).view(batch, -1))
-    grid = images.new_empty(batch, tiles, side, side, 2)  # written in place: no expanded copies to stack
+    grid = torch.empty(batch, tiles, side, side, 2, device=images.device)  # in place: no expanded copies to stack
     grid[..., 0] = cols.view(batch, tiles, 1, side)
     grid[..., 1] = rows.view(batch, tiles, side, 1)
-    sampled = F.grid_sample(images, grid.view(batch, tiles * side, side, 2), mode="bilinear",
-                            padding_mode="border", align_corners=False).view(batch, channels, tiles, side, side)
-    if out is None:
-        return sampled.transpose(1, 2).contiguous()
-    return out.copy_(sampled.transpose(1, 2))
+    sample = partial(F.grid_sample, mode="bilinear", padding_mode="border", align_corners=False)
+    if channels is not None:  # one plane per tile, picked before any conversion: (B * T, 1, H, W)
+        first = torch.arange(batch, device=images.device).view(-1, 1) * planes
+        picked = images.reshape(-1, height, width).index_select(0, (first + channels.to(images.device)).view(-1))
+        return sample(picked.unsqueeze(1).float(), grid.view(-1, side, side, 2)).view(batch, tiles, 1, side, side)
+    sampled = sample(images.float(), grid.view(batch, tiles * side, side, 2))
+    return sampled.view(batch, planes, tiles, side, side).transpose(1, 2).contiguous()
 
 
 def sample_kept_channel(batch: int, patches: int = 2, channels: int = 3, generator: torch.Generator | None = None,
@@ -172,6 +177,31 @@ def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor | None = None, sc
         fill = noise.to(patches).reshape(len(keep), channels - 1, h, w) * (std * scale).unsqueeze(1)
         out = torch.empty_like(planes).index_copy_(0, dropped_rows.flatten(), fill.view(-1, h, w))
     return out.index_copy_(0, kept_rows, kept).view(patches.shape)
+
+
+def dropped_patches(kept: Tensor, keep: Tensor, noise: Tensor | None = None, scale: float = 0.01,
+                    channels: int = 3, eps: float = 1e-5) -> Tensor:
+    """``standardise_patches(drop_channels(patches, keep, noise, scale), eps)`` from the kept channel alone:
+    ``kept`` ``(..., 1, h, w)`` is channel ``keep`` ``(...)`` of each patch, ``noise`` ``(..., C - 1, h, w)``;
+    returns ``(..., C, h, w)``. The sums that standardising needs come from the kept channel and the noise
+    separately (a centred noise channel is the centred noise times ``scale * std``), and each output plane is
+    written once, by row index over the ``(N * C, h, w)`` planes."""
+    h, w = kept.shape[-2:]
+    shape = (*kept.shape[:-3], channels, h, w)
+    var, mean = torch.var_mean(kept, (-2, -1), correction=0, keepdim=True)  # (..., 1, 1, 1)
+    first = torch.arange(keep.numel(), device=kept.device) * channels  # each patch's first plane
+    keep = keep.to(kept.device).reshape(-1)
+    if noise is None:
+        out, norm = kept.new_zeros(shape), torch.rsqrt(var / channels + eps * eps)
+    else:
+        out, amplitude = kept.new_empty(shape), var.sqrt() * scale
+        noise_var, noise_mean = torch.var_mean(noise, (-2, -1), correction=0, keepdim=True)  # (..., C - 1, 1, 1)
+        norm = torch.rsqrt((var + amplitude.square() * noise_var.sum(-3, keepdim=True)) / channels + eps * eps)
+        others = torch.arange(channels - 1, device=kept.device)
+        dropped = first[:, None] + others + (others >= keep[:, None]).long()  # the other channels, in order
+        out.view(-1, h, w).index_copy_(0, dropped.flatten(), ((noise - noise_mean) * (amplitude * norm)).view(-1, h, w))
+    out.view(-1, h, w).index_copy_(0, first + keep, ((kept - mean) * norm).view(-1, h, w))
+    return out
 
 
 def project_chroma(images: Tensor) -> Tensor:

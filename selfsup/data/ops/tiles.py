@@ -67,6 +67,15 @@ def crop_tiles(images: Tensor, boxes: Tensor, size: int) -> Tensor:
     return out.view(batch, channels, tiles, size, size).transpose(1, 2).contiguous()
 
 
+def select_tile_channels(tiles: Tensor, channels: Tensor | None) -> Tensor:
+    """Channel ``channels[b, t]`` of every tile ``tiles[b, t]`` ``(B, T, C, h, w)``: ``(B, T, 1, h, w)``;
+    ``tiles`` as they are for ``None``."""
+    if channels is None:
+        return tiles
+    index = channels.to(tiles.device).view(*channels.shape, 1, 1, 1).expand(-1, -1, 1, *tiles.shape[-2:])
+    return tiles.gather(2, index)
+
+
 def normalize_tiles(tiles: Tensor, eps: float = 1e-5) -> Tensor:
     """Every tile ``(..., C, h, w)`` standardised on its own, channel by channel: ``(x - mean) / sqrt(var +
     eps ** 2)`` with the tile's per-channel mean and population variance, so a standard deviation much below
