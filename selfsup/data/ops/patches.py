@@ -179,6 +179,14 @@ def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor | None = None, sc
     return out.index_copy_(0, kept_rows, kept).view(patches.shape)
 
 
+def _centred(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Every map of ``x`` ``(..., h, w)`` minus its mean, and its mean square ``(..., 1, 1)`` (as a vector norm:
+    several times faster than ``torch.var_mean`` on CPU)."""
+    centred = x - x.mean((-2, -1), keepdim=True)
+    norm = torch.linalg.vector_norm(centred, dim=(-2, -1), keepdim=True)
+    return centred, norm.square_() / (x.shape[-2] * x.shape[-1])
+
+
 def dropped_patches(kept: Tensor, keep: Tensor, noise: Tensor | None = None, scale: float = 0.01,
                     channels: int = 3, eps: float = 1e-5) -> Tensor:
     """``standardise_patches(drop_channels(patches, keep, noise, scale), eps)`` from the kept channel alone:
@@ -188,19 +196,19 @@ def dropped_patches(kept: Tensor, keep: Tensor, noise: Tensor | None = None, sca
     written once, by row index over the ``(N * C, h, w)`` planes."""
     h, w = kept.shape[-2:]
     shape = (*kept.shape[:-3], channels, h, w)
-    var, mean = torch.var_mean(kept, (-2, -1), correction=0, keepdim=True)  # (..., 1, 1, 1)
+    centred, var = _centred(kept)  # (..., 1, h, w), (..., 1, 1, 1)
     first = torch.arange(keep.numel(), device=kept.device) * channels  # each patch's first plane
     keep = keep.to(kept.device).reshape(-1)
     if noise is None:
         out, norm = kept.new_zeros(shape), torch.rsqrt(var / channels + eps * eps)
     else:
         out, amplitude = kept.new_empty(shape), var.sqrt() * scale
-        noise_var, noise_mean = torch.var_mean(noise, (-2, -1), correction=0, keepdim=True)  # (..., C - 1, 1, 1)
+        noise, noise_var = _centred(noise)  # (..., C - 1, h, w), (..., C - 1, 1, 1)
         norm = torch.rsqrt((var + amplitude.square() * noise_var.sum(-3, keepdim=True)) / channels + eps * eps)
         others = torch.arange(channels - 1, device=kept.device)
         dropped = first[:, None] + others + (others >= keep[:, None]).long()  # the other channels, in order
-        out.view(-1, h, w).index_copy_(0, dropped.flatten(), ((noise - noise_mean) * (amplitude * norm)).view(-1, h, w))
-    out.view(-1, h, w).index_copy_(0, first + keep, ((kept - mean) * norm).view(-1, h, w))
+        out.view(-1, h, w).index_copy_(0, dropped.flatten(), noise.mul_(amplitude * norm).view(-1, h, w))
+    out.view(-1, h, w).index_copy_(0, first + keep, centred.mul_(norm).view(-1, h, w))
     return out
 
 
