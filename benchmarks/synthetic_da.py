@@ -21,6 +21,7 @@ from selfsup.data import load_data
 from selfsup.data.sources import ImageSet
 from selfsup.engine.build import build_method
 from selfsup.evaluate import few_label_indices, probe, subset
+from selfsup.evaluate.report import format_table
 
 
 def _shrunk(split: ImageSet, per_class: int | None, seed: int) -> ImageSet:
@@ -59,6 +60,20 @@ def synthetic_da(real: str = "cifar10", steps: int = 100, batch_size: int = 64, 
                                     train_seconds=round(seconds, 1))
         print(name, json.dumps(result["runs"][name]), flush=True)
     return result
+
+
+def markdown(result: dict) -> str:
+    """The result as a Markdown section (title, setting, table)."""
+    rows = [[name, f"{100 * r['knn_top1']:.1f}", f"{100 * r['linear_top1']:.1f}",
+             f"{r['train_seconds']:.0f}" if "train_seconds" in r else ""] for name, r in result["runs"].items()]
+    table = format_table(["backbone", "kNN top-1 %", "linear top-1 %", "train s"], rows, markdown=True)
+    return (f"## Synthetic multi-task: does domain adaptation help the transfer to real photos?\n\n{result['cpu']}, "
+            f"torch {result['torch']}, commit {result['commit']}, {result['date']}; `python benchmarks/run.py "
+            f"synthetic-da --steps {result['steps']} --batch-size {result['batch_size']}`. synthetic-multitask on "
+            f"the generated scenes ({result['backbone']} backbone, {result['image_size']} px, seed {result['seed']}), "
+            f"without and with the real photos `{result['real']}` for the adversarial term, probed on those photos "
+            f"({result['train_images']} train / {result['test_images']} test images; kNN k = 200, linear probe).\n\n"
+            f"{table}\n")
 
 
 def run(args: argparse.Namespace) -> None:
