@@ -22,12 +22,12 @@ class Budget:
     epochs: int | None = None
     finetune_epochs: int = 5
     device: str = "auto"
-    small_gans: bool = True  # GAN networks made smaller (GANS), batch 128 (a GAN step is ~70x SimCLR's)
+    small: bool = True  # the costliest methods made smaller (SMALL: GANs, CPC) to fit the budget
 
 
 BUDGETS = {
     "cpu": Budget("cpu", "small", 256, steps=1000, finetune_epochs=5, device="cpu"),
-    "gpu": Budget("gpu", "resnet18", 512, epochs=200, finetune_epochs=30, device="cuda", small_gans=False),
+    "gpu": Budget("gpu", "resnet18", 512, epochs=200, finetune_epochs=30, device="cuda", small=False),
     "smoke": Budget("smoke", "small", 64, steps=30, finetune_epochs=1, device="cpu"),  # seconds: the tests'
 }
 #: the lower bounds (the budget's backbone at its initial weights, seed 0: as is, and rescaled by Krähenbühl et
@@ -41,9 +41,13 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     # every image an exemplar seed, so that all four tasks see the whole set (recipes/cifar10/multi-task.yaml)
     "multi-task": ({"lasso": True, "task_args": {"exemplar": {"seeds": "all"}}}, {}),
 }
-#: the GANs' networks in a small budget: generators at an eighth of their width, BiGAN's joint discriminator (a
-#: network of its own, the encoder being the backbone) at a quarter (at full width a step took 5.5x as long)
-GANS = {"ssgan": {"generator_width": 0.125}, "bigan": {"generator_width": 0.125, "discriminator_width": 0.25}}
+#: the costliest methods in a small budget (method arguments, largest batch): the GANs' generators at an eighth of
+#: their width and batch 128 (a GAN step is ~70x SimCLR's), BiGAN's joint discriminator (a network of its own, the
+#: encoder being the backbone) at a quarter (at full width a step took 5.5x as long); CPC at batch 64 (its InfoNCE
+#: over every patch of the batch and the trunk on 49 patches per image: a CPU step of 256 takes ~16 s)
+SMALL: dict[str, tuple[dict, int]] = {"ssgan": ({"generator_width": 0.125}, 128),
+                                      "bigan": ({"generator_width": 0.125, "discriminator_width": 0.25}, 128),
+                                      "cpc": ({}, 64)}
 #: rows another row learns from, trained first
 ORDER_FIRST = ("rotnet",)
 
@@ -83,8 +87,9 @@ def usable(method: str, data: Dataset) -> bool:
 def row_config(method: str, budget: Budget, data: str, out: Path) -> TrainConfig:
     """The training config of ``method``'s row at ``budget`` (runs of the bench live in ``out / method``)."""
     args, extra = SETTINGS.get(method, ({}, {}))
-    if method in GANS and budget.small_gans:
-        args, extra = {**args, **GANS[method]}, {**extra, "batch_size": min(128, budget.batch_size)}
+    if method in SMALL and budget.small:
+        small_args, batch = SMALL[method]
+        args, extra = {**args, **small_args}, {**extra, "batch_size": min(batch, budget.batch_size)}
     args = {k: str(out / v.removeprefix("RUN:")) if isinstance(v, str) and v.startswith("RUN:") else v
             for k, v in args.items()}
     base = dict(method=method, data=data, backbone=budget.backbone, batch_size=budget.batch_size, steps=budget.steps,
