@@ -165,7 +165,7 @@ def augment_tiles(images: Tensor, cfg: AugmentConfig, size: int, generator: torc
     [0, 1] ``(B, T, 3, out, out)``, contiguous; ``cut(boxes, channels=...)`` only channel ``channels[b, t]`` of each
     tile, ``(B, T, 1, out, out)`` (colour dropping's kept channel). ``cut(boxes, finish)`` also applies
     ``finish(tiles, rows)`` (the tiles of the images ``rows``, a slice, to what replaces them: per-tile
-    normalisation, colour dropping), on the CPU to a few images at a time while their tiles are in the cache.
+    normalisation, colour dropping), on the CPU to up to :data:`TILE_CHUNK` images at a time.
 
     When the views are only cropped, flipped and turned grey and the tiles keep their size, the views are never
     made: the tiles are sampled straight from the images at the views' source coordinates, in one ``grid_sample``
@@ -190,8 +190,9 @@ def augment_tiles(images: Tensor, cfg: AugmentConfig, size: int, generator: torc
                 return tiles if finish is None else finish(tiles, slice(None))
             direct = channels if d.gray is None else None  # grey tiles need all three channels first
             done = []
-            for i in range(0, batch, TILE_CHUNK if on == "cpu" else batch):  # CPU: a few images stay in the cache
-                rows = slice(i, i + TILE_CHUNK if on == "cpu" else batch)
+            step = TILE_CHUNK if on == "cpu" else batch  # CPU: bounded temporaries for large batches
+            for i in range(0, batch, step):
+                rows = slice(i, i + step)
                 part = crop_view_tiles(images[rows], d.boxes[rows], None if d.flip is None else d.flip[rows], size,
                                        boxes[rows], side, None if direct is None else direct[rows])
                 if not images.is_floating_point():

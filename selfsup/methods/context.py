@@ -97,8 +97,8 @@ class ContextPrediction(Method):
         kept channels and the noise, each for the global batch (:func:`~selfsup.data.views.for_this_rank`). With
         crops, flips and grayscale only and patches at their own size (the defaults), the patches are sampled
         straight from the images (:func:`~selfsup.data.augment.augment_tiles`: the same draws and pixels as making
-        the views first, at a fraction of the cost; under colour dropping only each patch's kept channel) and
-        finished a few images at a time."""
+        the views first, at a fraction of the cost; under colour dropping only each patch's kept channel), then
+        finished."""
         b, device, size = len(images), images.device, self.image_size
         with torch.autocast(device.type, enabled=False):  # exact float32 sampling, also inside a bf16 step
             cut = augmented_tiles(images, self.aug, size, generator, self.patch, self.patch_size)
