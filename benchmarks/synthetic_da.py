@@ -3,7 +3,10 @@
 features transfer better with it.) The same run on the generated scenes with and without ``real=<photos>``, and a
 random-init backbone, each scored by kNN and linear probe on the photos' labeled splits.
 
-    python benchmarks/run.py synthetic-da --data /work/shared/data/cifar10 --steps 100 --batch-size 64
+    python benchmarks/run.py synthetic-da --data /work/shared/data/cifar10 --steps 300 --batch-size 64 \
+        --adversarial-weight 0.1,0.01
+
+Variants already in results/synthetic_da.json with the same settings are kept (``--force`` re-runs them).
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ def _shrunk(split: ImageSet, per_class: int | None, seed: int) -> ImageSet:
 
 
 def synthetic_da(real: str = "cifar10", steps: int = 100, batch_size: int = 64, image_size: int = 32,
-                 backbone: str = "small", adversarial_weight: float = 0.1, seed: int = 0, device: str = "cpu",
-                 train_per_class: int | None = None, test_per_class: int | None = None) -> dict:
+                 backbone: str = "small", adversarial_weights: tuple[float, ...] = (0.1,), seed: int = 0,
+                 device: str = "cpu", train_per_class: int | None = None, test_per_class: int | None = None,
+                 done: dict | None = None) -> dict:
     """Pretrain ``synthetic-multitask`` on ``scenes`` for ``steps`` steps, without and with ``real`` (the adversarial
-    term at ``adversarial_weight``), and probe both and a random-init backbone (kNN k = 200, linear) on the real
-    set's train / test splits (``*_per_class`` images per class of each, or all). Returns every score and the
-    training time of each run."""
+    term at each of ``adversarial_weights``), and probe every run and a random-init backbone (kNN k = 200, linear)
+    on the real set's train / test splits (``*_per_class`` images per class of each, or all). Returns every score
+    and the training time of each run; the runs named in ``done`` (an earlier result's, same settings) are kept."""
     photos = load_data(real, image_size)
     if not photos.evaluable:
         raise SystemExit(f"{real} has no labeled train and test splits to probe on")
@@ -45,12 +49,16 @@ def synthetic_da(real: str = "cifar10", steps: int = 100, batch_size: int = 64, 
     folder = Path(tempfile.mkdtemp(prefix="synthetic_da_"))
     base = dict(method="synthetic-multitask", data="scenes", steps=steps, batch_size=batch_size, image_size=image_size,
                 backbone=backbone, seed=seed, device=device, log_every=max(1, steps // 5))
-    variants = {"tasks only": {}, "tasks + adversarial": dict(real=real, adversarial_weight=adversarial_weight)}
+    variants = {"tasks only": {}, **{f"tasks + adversarial (weight {w:g})": dict(real=real, adversarial_weight=w)
+                                     for w in adversarial_weights}}
     start = build_method(selfsup.TrainConfig(**base), image_size, 0).backbone  # the runs' initial weights (seeded)
     result = dict(real=real, steps=steps, batch_size=batch_size, image_size=image_size, backbone=backbone, seed=seed,
                   train_images=len(train), test_images=len(test),
                   runs={"random init": probe(start, train, test, image_size=image_size, device=device)})
     for name, args in variants.items():
+        if name in (done or {}):
+            result["runs"][name] = done[name]
+            continue
         cfg = selfsup.TrainConfig(**base, method_args=args)
         began = time.monotonic()
         run = selfsup.train(cfg, folder / name.replace(" ", "_"), evaluate=False, show_progress=False, data=scenes,
@@ -79,9 +87,16 @@ def markdown(result: dict) -> str:
 def run(args: argparse.Namespace) -> None:
     """``python benchmarks/run.py synthetic-da``: the comparison, written to results/synthetic_da.json."""
     from benchmarks.common import environment, save
+    from benchmarks.tables import load
 
-    result = synthetic_da(args.data, args.steps, args.batch_size, args.image_size, args.backbone,
-                          args.adversarial_weight, args.seed, args.device, args.train_per_class, args.test_per_class)
+    settings = dict(real=args.data, steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
+                    backbone=args.backbone, seed=args.seed)
+    before = load("synthetic_da") or {}
+    same = all(before.get(k) == v for k, v in settings.items()) and not args.force
+    weights = tuple(float(w) for w in args.adversarial_weight.split(","))
+    result = synthetic_da(args.data, args.steps, args.batch_size, args.image_size, args.backbone, weights, args.seed,
+                          args.device, args.train_per_class, args.test_per_class,
+                          done=before.get("runs") if same else None)
     save({**result, **environment()}, "synthetic_da")
     print(json.dumps(result["runs"], indent=1))
 
@@ -94,7 +109,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--backbone", default="small")
-    p.add_argument("--adversarial-weight", type=float, default=0.1)
+    p.add_argument("--adversarial-weight", default="0.1", help="one run per weight, comma-separated")
+    p.add_argument("--force", action="store_true", help="re-run the variants that the results already hold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-per-class", type=int, help="probe on this many train images per class (default: all)")
