@@ -153,6 +153,14 @@ def sample_noise(shape: tuple[int, ...], generator: torch.Generator | None = Non
     return move(torch.randn(shape, generator=generator, device=on), device)
 
 
+def _channel_rows(keep: Tensor, channels: int) -> tuple[Tensor, Tensor]:
+    """Over the ``(N * C, h, w)`` planes of N patches: the row of each patch's kept channel ``keep`` ``(N,)`` and
+    the rows ``(N, C - 1)`` of its other channels, in channel order."""
+    first = torch.arange(len(keep), device=keep.device) * channels  # each patch's first plane
+    others = torch.arange(channels - 1, device=keep.device)
+    return first + keep, first[:, None] + others + (others >= keep[:, None]).long()
+
+
 def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor | None = None, scale: float = 0.01) -> Tensor:
     """Colour dropping (Doersch et al., ICCV 2015, section 3): every patch ``(..., C, h, w)`` keeps its channel
     ``keep`` ``(...)``; the others, in channel order, become ``noise`` ``(..., C - 1, h, w)`` (standard normal)
@@ -164,11 +172,8 @@ def drop_channels(patches: Tensor, keep: Tensor, noise: Tensor | None = None, sc
     *_, channels, h, w = patches.shape
     planes = patches.reshape(-1, h, w)
     keep = keep.to(patches.device).reshape(-1)
-    first = torch.arange(len(keep), device=patches.device) * channels  # each patch's first plane
-    kept_rows = first + keep
+    kept_rows, dropped_rows = _channel_rows(keep, channels)
     kept = planes.index_select(0, kept_rows)
-    others = torch.arange(channels - 1, device=patches.device)
-    dropped_rows = first[:, None] + others + (others >= keep[:, None]).long()  # the other channels, in order
     if noise is None:
         out = torch.zeros_like(planes)
     else:
@@ -197,18 +202,15 @@ def dropped_patches(kept: Tensor, keep: Tensor, noise: Tensor | None = None, sca
     h, w = kept.shape[-2:]
     shape = (*kept.shape[:-3], channels, h, w)
     centred, var = _centred(kept)  # (..., 1, h, w), (..., 1, 1, 1)
-    first = torch.arange(keep.numel(), device=kept.device) * channels  # each patch's first plane
-    keep = keep.to(kept.device).reshape(-1)
+    kept_rows, dropped_rows = _channel_rows(keep.to(kept.device).reshape(-1), channels)
     if noise is None:
         out, norm = kept.new_zeros(shape), torch.rsqrt(var / channels + eps * eps)
     else:
         out, amplitude = kept.new_empty(shape), var.sqrt() * scale
         noise, noise_var = _centred(noise)  # (..., C - 1, h, w), (..., C - 1, 1, 1)
         norm = torch.rsqrt((var + amplitude.square() * noise_var.sum(-3, keepdim=True)) / channels + eps * eps)
-        others = torch.arange(channels - 1, device=kept.device)
-        dropped = first[:, None] + others + (others >= keep[:, None]).long()  # the other channels, in order
-        out.view(-1, h, w).index_copy_(0, dropped.flatten(), noise.mul_(amplitude * norm).view(-1, h, w))
-    out.view(-1, h, w).index_copy_(0, first + keep, centred.mul_(norm).view(-1, h, w))
+        out.view(-1, h, w).index_copy_(0, dropped_rows.flatten(), noise.mul_(amplitude * norm).view(-1, h, w))
+    out.view(-1, h, w).index_copy_(0, kept_rows, centred.mul_(norm).view(-1, h, w))
     return out
 
 
