@@ -14,7 +14,7 @@ import torch
 
 import selfsup
 from benchmarks.common import HERE, environment, log_windows, median, probe_lightly, run_lightly, save
-from benchmarks.tables import load
+from benchmarks.tables import load, own_bound
 from selfsup.bench.rows import same_run
 from selfsup.data import load_data
 from selfsup.data.augment import AugmentConfig, augment
@@ -226,3 +226,41 @@ def cpu_bounds(args: argparse.Namespace) -> None:
         rows[name] = dict(**probe(encoder, dataset.train, dataset.test, image_size=size), **env)
         print(f"{name}: kNN {rows[name]['knn_top1']:.3f} linear {rows[name]['linear_top1']:.3f}", flush=True)
     save(dict(name="cpu-bounds", backbone="small", dataset="CIFAR-10 (JPEG folders)", rows=rows), "cpu_bounds")
+
+
+def cpu_layers(args: argparse.Namespace) -> None:
+    """The seeds' per-layer table for rows of ``cpu-methods`` whose finished runs are kept in :data:`RUNS`: a linear
+    probe on every stage of the trained encoder (``stages`` in the row) and, where the row's lower bound is not the
+    table's trunk (another backbone or other inputs), of that encoder at random init (``random_init_stages``); the
+    table's trunk at random init once (``random_init_stages`` at the top). ``--force`` probes again."""
+    from selfsup import evaluate
+    from selfsup.engine.build import build_method, method_from_checkpoint
+
+    names = args.methods.split(",")
+    unfinished = [n for n in names if not (RUNS / n).is_dir() or not load_checkpoint(RUNS / n).get("finished")]
+    if unfinished:
+        raise SystemExit(f"no finished run in {RUNS} for {', '.join(unfinished)}: run cpu-methods for it first")
+    dataset, env = load_data(args.data), environment()
+
+    def probe(tag: str, encoder: torch.nn.Module) -> dict[str, float]:
+        return evaluate.layers(encoder, dataset.train, dataset.test, device="cpu",
+                               progress=lambda m: print(f"{tag}: {m}", flush=True))
+
+    result = load("cpu_methods")
+    if "random_init_stages" not in result or args.force:  # the table's trunk, seed 0, as cpu-bounds builds it
+        cfg = method_config("simclr", args.data, 1, 256)
+        trunk = build_method(cfg, dataset.native_size, dataset.num_classes).encoder()
+        result = dict(load("cpu_methods"), random_init_stages=probe("random init", trunk))
+        save(result, "cpu_methods")
+    for name in names:
+        if "stages" in load("cpu_methods")["runs"][name] and not args.force:
+            continue
+        update = dict(stages=probe(name, method_from_checkpoint(RUNS / name)[0].encoder()), layers_commit=env["commit"])
+        if own_bound((runs := load("cpu_methods")["runs"])[name], runs["simclr"]):
+            update["random_init_stages"] = probe(f"{name} (random init)",
+                                                 method_from_checkpoint(RUNS / name, trained=False)[0].encoder())
+        result = load("cpu_methods")  # another queue may have written rows meanwhile
+        result["runs"][name].update(update)
+        print(f"{name}: " + ", ".join(f"{s} {v * 100:.1f}" for s, v in update["stages"].items()), flush=True)
+        save(result, "cpu_methods")
+

@@ -8,7 +8,8 @@ Targets (the protocol is written down in benchmarks/results/README.md), one modu
   windows alternate ours / lightly), final kNN and linear probe, random-init kNN, and the two-view
   augmentation throughput on one thread against lightly's per-image transform.
 * ``cpu-methods`` (cpu.py): every method (contrastive, siamese, clustering, pretext tasks, a GAN) and supervised
-  cross-entropy, same setting; ``cpu-bounds``: its lower bounds, random init and random rescaled.
+  cross-entropy, same setting; ``cpu-bounds``: its lower bounds, random init and random rescaled; ``cpu-layers``:
+  a linear probe on every stage of its rows' kept runs.
 * ``layers`` (layers.py): every pretext method, SimCLR and supervised on one backbone (NIN, AlexNet, ResNet),
   a linear probe on every stage and at random init: the seeds' per-layer table and its plot.
 * ``pretext-views`` (pretext_views.py): jigsaw's and context prediction's views, batched on one CPU thread vs a
@@ -68,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--speed-steps", type=int, default=0,
                    help="instead of the table: time N steps of every method on a quiet machine")
     c.set_defaults(fn=cpu.cpu_methods)
+    c = sub.add_parser("cpu-layers", help="per-stage linear probes of cpu-methods rows whose runs are kept")
+    c.add_argument("--data", default=DATA)
+    c.add_argument("--methods", required=True, help="comma-separated rows of cpu-methods with finished runs")
+    c.add_argument("--force", action="store_true", help="probe rows that already have per-stage scores again")
+    c.set_defaults(fn=cpu.cpu_layers)
     c = sub.add_parser("cpu-bounds", help="random init and random rescaled small convnet on CIFAR-10 (lower bounds)")
     c.add_argument("--data", default=DATA)
     c.set_defaults(fn=cpu.cpu_bounds)
