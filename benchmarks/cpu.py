@@ -15,7 +15,7 @@ import torch
 import selfsup
 from benchmarks.common import HERE, environment, log_windows, median, probe_lightly, run_lightly, save
 from benchmarks.tables import load, own_bound
-from selfsup.bench.rows import same_run
+from selfsup.bench.rows import SMALL, same_run
 from selfsup.data import load_data
 from selfsup.data.augment import AugmentConfig, augment
 from selfsup.data.sources import Dataset
@@ -115,9 +115,8 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     "triplet-paper": ("triplet", {"mining": "hard", "hard_from": 0.1, "candidates": 100, "top_k": 4}, {}),
     "supervised": ("supervised", {}, {}),
     "jigsaw": ("jigsaw", {}, {}), "colorization": ("colorization", {}, {}),
-    # a GAN step costs ~70x a SimCLR step here (2 discriminator phases over real and fake images and their
-    # rotations, a generator phase): the small convnet as discriminator, an eighth-width generator, batch 128
-    "ssgan": ("ssgan", {"generator_width": 0.125}, {"batch_size": 128}),
+    # the costliest rows at selfsup bench's small settings (SMALL: why each): SSGAN's generator an eighth wide
+    "ssgan": ("ssgan", SMALL["ssgan"][0], {"batch_size": SMALL["ssgan"][1]}),
     "deepcluster": ("deepcluster", {}, {}),
     # issue 14: the pretext tasks on the same budget; BoWNet learns from the RotNet row's run (kept in RUNS)
     "rotnet": ("rotnet", {}, {}), "context": ("context", {}, {}), "counting": ("counting", {}, {}),
@@ -126,10 +125,9 @@ CPU_METHODS: dict[str, tuple[str, dict, dict]] = {
     # issue 15: reconstruction and generation
     "dae": ("dae", {}, {}), "context-encoder": ("context-encoder", {}, {}), "split-brain": ("split-brain", {}, {}),
     "super-resolution": ("super-resolution", {}, {}), "mae": ("mae", {}, {"backbone": "vit-tiny"}),
-    # a reduced budget: InfoNCE over every patch of the batch (B x 49 against B x 49) and the trunk on 49 patches
-    # per image make a step of 256 cost ~16 s here (1000 steps ~4.5 h); batch 64 is ~2 s (1000 steps: 1.3 epochs)
-    "cpc": ("cpc", {}, {"batch_size": 64}),
-    "bigan": ("bigan", {"generator_width": 0.125, "discriminator_width": 0.25}, {"batch_size": 128}),
+    # CPC at a reduced budget: batch 64 (a CPU step of 256 ~16 s, 1000 steps ~4.5 h; at 64: 1.3 epochs)
+    "cpc": ("cpc", SMALL["cpc"][0], {"batch_size": SMALL["cpc"][1]}),
+    "bigan": ("bigan", SMALL["bigan"][0], {"batch_size": SMALL["bigan"][1]}),
     # issue 16: groups of images and several views
     "cmc": ("cmc", {}, {}), "and": ("and", {}, {}),
     # JULE merges every epoch (5 here) down to 100 clusters; multi-task: seed 000's combination without video
