@@ -39,8 +39,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup"))
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _images_in(folder: Path, extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+def labeled_files(folder: Path, extensions: frozenset[str] | set[str], kind: str, classes: list[str] | None = None
+                  ) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """The files of one split (image or video folders alike): class subfolders give labels (``classes``: the
+    training split's names, which another split's folders must be among), files directly inside make it unlabeled.
+    Returns files, labels and class names (None and None unlabeled); no file of ``kind`` is an error."""
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    flat = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions]
+    if subdirs and not flat:
+        classes = classes or [printable(d.name) for d in subdirs]  # names to show: no undecodable bytes
+        files, labels = [], []
+        for d in subdirs:
+            if printable(d.name) not in classes:
+                raise UserError(f"class folder '{printable(d)}' is not among the training classes")
+            found = _images_in(d, extensions)
+            files += found
+            labels += [classes.index(printable(d.name))] * len(found)
+    else:
+        files, labels, classes = _images_in(folder, extensions), None, None
+    if not files:
+        raise UserError(f"no {kind} found in '{printable(folder)}' (looked for {', '.join(sorted(extensions))})")
+    return files, labels, classes
 
 
 def _threads() -> int:
@@ -156,21 +179,7 @@ def _load_split(folder: Path, size: int | None, classes: list[str] | None = None
     """One folder: class subfolders give labels, images directly inside make it unlabeled."""
     if not folder.is_dir():
         raise UserError(f"data folder '{printable(folder)}' does not exist")
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    flat = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    if subdirs and not flat:
-        classes = classes or [printable(d.name) for d in subdirs]  # names to show: no undecodable bytes
-        files, labels = [], []
-        for d in subdirs:
-            if printable(d.name) not in classes:
-                raise UserError(f"class folder '{printable(d)}' is not among the training classes")
-            found = _images_in(d)
-            files += found
-            labels += [classes.index(printable(d.name))] * len(found)
-    else:
-        files, labels, classes = _images_in(folder), None, None
-    if not files:
-        raise UserError(f"no images found in '{printable(folder)}' (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    files, labels, classes = labeled_files(folder, IMAGE_EXTENSIONS, "images", classes)
     size = size or _common_size(files)
     if stream or len(files) * 3 * size * size > max_decoded_bytes():
         label_t = None if labels is None else torch.tensor(labels, dtype=torch.long)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfsup.data.folder import DEFAULT_FOLDER_SIZE, IMAGE_EXTENSIONS, _threads, max_decoded_bytes
+from selfsup.data.folder import DEFAULT_FOLDER_SIZE, IMAGE_EXTENSIONS, _threads, labeled_files, max_decoded_bytes
 from selfsup.data.sources import Dataset, ImageSet, stratified_split
 from selfsup.data.stream import printable
 from selfsup.errors import UserError
@@ -126,10 +126,6 @@ def _read_or_why(path: Path, frames: int, size: int) -> torch.Tensor | str:
         return str(e)
 
 
-def _videos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-
-
 def holds_videos(root: Path) -> bool:
     """A folder of videos: it holds video files and no images (a folder with images stays an image folder)."""
     found = False
@@ -161,22 +157,7 @@ def _decode_clips(files: list[Path], frames: int, size: int, where: Path) -> tup
 
 def _load_split(folder: Path, size: int, frames: int, classes: list[str] | None = None) -> tuple[ImageSet, dict]:
     """One folder of clips: class subfolders give labels, videos directly inside make it unlabeled."""
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    flat = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
-    labels = None
-    if subdirs and not flat:
-        classes = classes or [printable(d.name) for d in subdirs]
-        files, labels = [], []
-        for d in subdirs:
-            if printable(d.name) not in classes:
-                raise UserError(f"class folder '{printable(d)}' is not among the training classes")
-            found = _videos_in(d)
-            files += found
-            labels += [classes.index(printable(d.name))] * len(found)
-    else:
-        files, classes = _videos_in(folder), None
-    if not files:
-        raise UserError(f"no videos found in '{printable(folder)}' (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+    files, labels, classes = labeled_files(folder, VIDEO_EXTENSIONS, "videos", classes)
     clips, kept, why = _decode_clips(files, frames, size, folder)
     label_t = None if labels is None else torch.tensor([labels[i] for i in kept], dtype=torch.long)
     return ImageSet(clips[:, frames // 2].contiguous(), label_t, classes, [str(files[i]) for i in kept],

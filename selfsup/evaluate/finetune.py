@@ -33,9 +33,14 @@ def _check(train: ImageSet, test: ImageSet, epochs: int, batch_size: int, lr: fl
         raise UserError("fine-tuning needs labeled train and test images")
     if train.streamed or test.streamed:
         raise UserError("fine-tuning needs the images in memory (not streamed)")
-    if len(train) < 2 or epochs < 1 or batch_size < 1:
-        raise UserError(f"fine-tuning needs at least 2 train images and a positive number of epochs and batch size "
-                        f"(got {len(train)}, {epochs} and {batch_size})")
+    check_schedule("fine-tuning", len(train), epochs, batch_size, lr, backbone_lr)
+
+
+def check_schedule(what: str, n: int, epochs: int, batch_size: int, lr: float, backbone_lr: float) -> None:
+    """One-line errors for a fine-tuning schedule (``what``: whose) that cannot run on ``n`` train images."""
+    if n < 2 or epochs < 1 or batch_size < 1:
+        raise UserError(f"{what} needs at least 2 train images and a positive number of epochs and batch size "
+                        f"(got {n}, {epochs} and {batch_size})")
     if not lr > 0 or not backbone_lr >= 0:
         raise UserError(f"the head's lr must be positive and the backbone's at least 0 (got {lr:g} and "
                         f"{backbone_lr:g})")

@@ -18,6 +18,7 @@ from torch import nn
 from selfsup.backbones import stage_outputs
 from selfsup.data.dense import DenseSet
 from selfsup.errors import UserError
+from selfsup.evaluate.finetune import check_schedule
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,7 @@ def _check(train: DenseSet, test: DenseSet, target: str, epochs: int, batch_size
             raise UserError(f"the {name} set has no {target} for this evaluation")
     if train.classes != test.classes:
         raise UserError(f"train and test name different classes ({len(train.classes)} and {len(test.classes)})")
-    if len(train) < 2 or epochs < 1 or batch_size < 1:
-        raise UserError(f"dense fine-tuning needs at least 2 train images and a positive number of epochs and batch "
-                        f"size (got {len(train)}, {epochs} and {batch_size})")
-    if not lr > 0 or not backbone_lr >= 0:
-        raise UserError(f"the head's lr must be positive and the backbone's at least 0 (got {lr:g} and "
-                        f"{backbone_lr:g})")
+    check_schedule("dense fine-tuning", len(train), epochs, batch_size, lr, backbone_lr)
 
 
 @dataclass
