@@ -2,7 +2,8 @@
 methods on the generated moving objects (clips: the ``frames`` field), probed on the objects' shapes and on their
 motions (from the middle frame, and from all 8 frames side by side); the image-text methods and synthetic
 multi-task learning on the generated captioned scenes, probed on the scenes' labels (CLIP also by its zero-shot
-top-1). The small convnet on the CPU, seed 0, every row next to its own network at random init.
+top-1). The small convnet on the CPU, seed 0, every row next to its own network at random init, a linear probe on
+every stage too (the best one in the table), and the supervised upper bound on each data set's labels.
 
     python benchmarks/run.py beyond [--rows shuffle-learn,clip] [--force] [--steps N]
 """
@@ -19,8 +20,11 @@ from benchmarks.common import environment, save
 from benchmarks.cpu import SCORES
 from benchmarks.tables import load
 from selfsup.data import load_data
+from selfsup.data.sources import Dataset
 from selfsup.engine.build import method_from_checkpoint
-from selfsup.evaluate import probe
+from selfsup.engine.checkpoint import load_checkpoint
+from selfsup.errors import UserError
+from selfsup.evaluate import layers, probe
 
 # row -> (data, method, method_args, config keys). Steps and batch: each row about 4 minutes of training on an idle
 # 2-core machine (3-6 with its evaluation and noise). Timed by 20 steps of each on the shared machine (nice'd), next to
@@ -39,6 +43,9 @@ BEYOND_ROWS: dict[str, tuple[str, str, dict, dict]] = {
                      {"steps": 500, "batch_size": 128}),  # 0.30-0.55 s/step (the reference moved 4-12x)
     "synthetic-multitask": ("scenes", "synthetic-multitask", {"decoder_dim": 64},
                             {"steps": 250, "batch_size": 64}),  # 0.85 s/step
+    # the upper bounds: the same network trained with the labels it is probed on, about as long as the rows above
+    "supervised": ("moving-objects", "supervised", {}, {"steps": 700, "batch_size": 64}),
+    "supervised-scenes": ("scenes", "supervised", {}, {"steps": 300, "batch_size": 128}),
 }
 #: the same samples under other labels, probed too: data spec -> {column name: (data spec, frames)}; ``frames``:
 #: None probes the images (a clip's middle frame), "all" every frame of a clip side by side (what motion needs)
@@ -71,10 +78,18 @@ def other_labels(run_folder: Path, encoder: nn.Module, data: str, image_size: in
     return scores
 
 
+def stages(run_folder: Path, encoder: nn.Module, data: Dataset) -> dict[str, dict[str, float]]:
+    """Linear-probe top-1 on every stage of the trained ``encoder`` and of the run's network at random init."""
+    initial = method_from_checkpoint(run_folder, trained=False)[0].encoder()
+    return dict(stages=layers(encoder, data.train, data.test, device="cpu"),
+                random_init_stages=layers(initial, data.train, data.test, device="cpu"))
+
+
 def beyond(args: argparse.Namespace) -> None:
     """Every row of ``--rows``, one run at a time into RUNS/<row>; each finished row is written to
     results/beyond.json at once (merged into the file as it is then, so queues of other rows can share it), so an
-    interrupted table resumes at the next row (``--force`` re-runs)."""
+    interrupted table resumes at the next row (``--force`` re-runs). A row measured before the per-stage probes
+    existed gets them from its kept run, without training again."""
     names = args.rows.split(",")
     unknown = sorted(set(names) - set(BEYOND_ROWS))
     if unknown:
@@ -84,10 +99,18 @@ def beyond(args: argparse.Namespace) -> None:
     runs = result.setdefault("runs", {})
     env, datasets = environment(), {}  # the code that runs is the code at start
     for name in names:
-        if name in runs and not args.force:
-            continue
         cfg = row_config(name, args.steps)
         key = (cfg.data, cfg.image_size)
+        if name in runs and not args.force:
+            if "stages" in runs[name] or not _finished(RUNS / name):
+                continue
+            data = datasets.setdefault(key, load_data(cfg.data, runs[name]["image_size"]))
+            update = stages(RUNS / name, method_from_checkpoint(RUNS / name)[0].encoder(), data)
+            result = load("beyond") or result  # another queue may have written rows meanwhile
+            runs = result["runs"]
+            runs[name].update(update, stages_commit=env["commit"])
+            save(result, "beyond")
+            continue
         if key not in datasets:
             datasets[key] = load_data(cfg.data, cfg.image_size)
         run = selfsup.train(cfg, RUNS / name, overwrite=True, show_progress=False, data=datasets[key])
@@ -95,7 +118,8 @@ def beyond(args: argparse.Namespace) -> None:
         row = dict(data=cfg.data, method=cfg.method, method_args=cfg.method_args, steps=m["steps"],
                    batch_size=cfg.batch_size, image_size=m["image_size"], backbone=m["backbone"],
                    **{k: m[k] for k in SCORES + EXTRA_SCORES if k in m},
-                   other_labels=other_labels(RUNS / name, run.encoder, cfg.data, m["image_size"]), **env)
+                   other_labels=other_labels(RUNS / name, run.encoder, cfg.data, m["image_size"]),
+                   **stages(RUNS / name, run.encoder, datasets[key]), **env)
         result = load("beyond") or result  # another queue may have written rows meanwhile
         runs = result.setdefault("runs", {})
         runs[name] = row
@@ -103,6 +127,13 @@ def beyond(args: argparse.Namespace) -> None:
               f"/ {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s, "
               f"{m['train_seconds']:.0f} s", flush=True)
         save(result, "beyond")
+
+
+def _finished(folder: Path) -> bool:
+    try:
+        return bool(load_checkpoint(folder).get("finished"))
+    except UserError:
+        return False  # the run was not kept
 
 
 def add_parser(sub) -> None:

@@ -132,23 +132,34 @@ def _beyond_section() -> list[str]:
              f"{first['cpu']} ({first['cpu_cores']} cores), torch {first['torch']}; `python benchmarks/run.py "
              "beyond`. Each method on the data it learns from (clips, captions, depth and normals), seed 0; kNN "
              "(k=200, T=0.1) and L-BFGS linear probe on the test split, each as trained (in brackets: the same "
-             "network at its random init); samples/s is one clip or one image with all it brings.\n"]
+             "network at its random init; best layer: a linear probe on every stage, the best one named); "
+             "samples/s is one clip or one image with all it brings.\n"]
     for data in dict.fromkeys(m["data"] for m in runs.values()):
         here = {name: m for name, m in runs.items() if m["data"] == data}
         others = list(dict.fromkeys(o for m in here.values() for o in m.get("other_labels", {})))
         zero_shot = any("zero_shot_top1" in m for m in here.values())
-        rows = [[name, _vs_init(m, "knn_top1"), _vs_init(m, "linear_top1"),
+        staged = any("stages" in m for m in here.values())
+        rows = [[name, _vs_init(m, "knn_top1"), _vs_init(m, "linear_top1"), *([_best_stage(m)] if staged else []),
                  *(_vs_init(m["other_labels"][o], k) if o in m.get("other_labels", {}) else ""
                    for o in others for k in ("knn_top1", "linear_top1")),
                  *([_pct(m["zero_shot_top1"]) if "zero_shot_top1" in m else ""] if zero_shot else []),
                  m["steps"], m["batch_size"], m["image_size"], f"{m['samples_per_second']:.0f}",
                  f"{m['train_seconds']:.0f}", m["commit"]] for name, m in here.items()]
-        header = ["method", "kNN %", "linear %", *(f"{o}: {k} %" for o in others for k in ("kNN", "linear")),
+        header = ["method", "kNN %", "linear %", *(["best layer %"] if staged else []),
+                  *(f"{o}: {k} %" for o in others for k in ("kNN", "linear")),
                   *(["zero-shot %"] if zero_shot else []), "steps", "batch", "px", "samples/s", "train s", "commit"]
         parts += [f"### `{data}`: {DATASETS.get(data, data)}\n",
                   *(_other_note(data, o, next(m["other_labels"][o] for m in here.values() if o in
                                               m.get("other_labels", {}))) for o in others), _md(header, rows), ""]
     return parts
+
+
+def _best_stage(row: dict) -> str:
+    """The best stage's linear top-1 and name, with the best of the same network at random init in brackets."""
+    if "stages" not in row:
+        return ""
+    stage = max(row["stages"], key=row["stages"].get)
+    return f"{_pct(row['stages'][stage])} {stage} ({_pct(max(row['random_init_stages'].values()))})"
 
 
 def _other_note(data: str, column: str, scores: dict) -> str:

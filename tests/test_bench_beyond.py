@@ -13,7 +13,7 @@ from selfsup.data.scenes import scenes
 from selfsup.engine.build import method_from_checkpoint
 from selfsup.evaluate import probe
 
-ROWS = "tracking,clip"
+ROWS = "tracking,clip,supervised"
 
 
 def tiny(spec: str, image_size: int | None = None):
@@ -53,6 +53,10 @@ def test_rows_are_written_with_their_probes_and_tabled_and_a_rerun_resumes(bench
     assert set(runs["tracking"]["other_labels"]) == {"motion", "motion, 8 frames"}
     assert runs["clip"]["other_labels"] == {}
     assert 0 <= runs["clip"]["zero_shot_top1"] <= 1 and "zero_shot_top1" not in runs["tracking"]
+    assert runs["supervised"]["method"] == "supervised" and runs["supervised"]["data"] == "moving-objects"
+    for row in runs.values():  # a probe on every stage, trained and at random init
+        assert list(row["stages"]) == list(row["random_init_stages"]) == ["block1", "block2", "block3", "block4"]
+        assert all(0 <= v <= 1 for v in (*row["stages"].values(), *row["random_init_stages"].values()))
 
     # the motion column's random init is the network the engine's own random-init probe saw
     shapes = tiny("moving-objects")
@@ -72,7 +76,9 @@ def test_rows_are_written_with_their_probes_and_tabled_and_a_rerun_resumes(bench
     track = next(line for line in md.splitlines() if line.startswith("| tracking |"))
     m = runs["tracking"]["other_labels"]["motion"]
     assert f"{100 * m['knn_top1']:.1f} ({100 * m['random_init_knn_top1']:.1f})" in track
-    assert "motion: kNN %" in md and "zero-shot %" in md
+    assert "motion: kNN %" in md and "zero-shot %" in md and "best layer %" in md
+    best = max(runs["tracking"]["stages"], key=runs["tracking"]["stages"].get)
+    assert f"| {100 * runs['tracking']['stages'][best]:.1f} {best} (" in track
     clip = next(line for line in md.splitlines() if line.startswith("| clip |"))
     assert f"| {100 * runs['clip']['zero_shot_top1']:.1f} | 2 | 128 | 16 |" in clip
 
@@ -81,6 +87,14 @@ def test_rows_are_written_with_their_probes_and_tabled_and_a_rerun_resumes(bench
 
     monkeypatch.setattr(selfsup, "train", untrainable)
     assert bench("--rows", ROWS, "--steps", "2")["runs"] == runs  # resumed: nothing left to run
+    # a row measured before the per-stage probes gets them from its kept run, without training again
+    result = json.loads((tmp_path / "results" / "beyond.json").read_text())
+    for key in ("stages", "random_init_stages"):
+        del result["runs"]["tracking"][key]
+    common.save(result, "beyond")
+    again = bench("--rows", "tracking", "--steps", "2")["runs"]["tracking"]
+    assert again["stages"] == pytest.approx(runs["tracking"]["stages"], abs=1e-6)
+    assert again["random_init_stages"] == pytest.approx(runs["tracking"]["random_init_stages"], abs=1e-6)
 
 
 def test_unknown_rows_are_refused(bench):
