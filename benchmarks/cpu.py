@@ -262,3 +262,32 @@ def cpu_layers(args: argparse.Namespace) -> None:
         print(f"{name}: " + ", ".join(f"{s} {v * 100:.1f}" for s, v in update["stages"].items()), flush=True)
         save(result, "cpu_methods")
 
+
+
+def cpu_fid(args: argparse.Namespace) -> None:
+    """FID of the generative rows of ``--methods`` against the test images, every one in the features of the same
+    kept run (``--features``, a row of this table: no Inception weights can be downloaded here), so that the rows
+    compare with each other; written into each row (``fid``, replacing numbers from other feature networks)."""
+    from selfsup.engine.build import method_from_checkpoint
+    from selfsup.use.fid import feature_network, sample_fid
+
+    names = args.methods.split(",")
+    unfinished = [n for n in [*names, args.features] if not (RUNS / n).is_dir()
+                  or not load_checkpoint(RUNS / n).get("finished")]
+    if unfinished:
+        raise SystemExit(f"no finished run in {RUNS} for {', '.join(unfinished)}: run cpu-methods for it first")
+    net, size, _ = feature_network(str(RUNS / args.features))
+    real, env = load_data(args.data, size).test, environment()
+    ref = load("cpu_methods")["runs"][args.features]
+    features = (f"the {args.features} row's network (kNN {ref['knn_top1'] * 100:.1f} / linear "
+                f"{ref['linear_top1'] * 100:.1f}, commit {ref['commit']})")
+    for name in names:
+        value = sample_fid(method_from_checkpoint(RUNS / name)[0], real, net, size, args.samples, "cpu")
+        result = load("cpu_methods")
+        row = result["runs"][name]
+        for key in [k for k in row if k.startswith("fid")]:
+            del row[key]
+        row.update(fid=round(value, 2), fid_samples=min(args.samples, len(real)), fid_features=features,
+                   fid_commit=env["commit"])
+        print(f"{name}: FID {value:.2f} in the features of {args.features}", flush=True)
+        save(result, "cpu_methods")

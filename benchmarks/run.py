@@ -9,7 +9,8 @@ Targets (the protocol is written down in benchmarks/results/README.md), one modu
   augmentation throughput on one thread against lightly's per-image transform.
 * ``cpu-methods`` (cpu.py): every method (contrastive, siamese, clustering, pretext tasks, a GAN) and supervised
   cross-entropy, same setting; ``cpu-bounds``: its lower bounds, random init and random rescaled; ``cpu-layers``:
-  a linear probe on every stage of its rows' kept runs.
+  a linear probe on every stage of its rows' kept runs; ``cpu-fid``: the generative rows' FID in one network's
+  features.
 * ``layers`` (layers.py): every pretext method, SimCLR and supervised on one backbone (NIN, AlexNet, ResNet),
   a linear probe on every stage and at random init: the seeds' per-layer table and its plot.
 * ``pretext-views`` (pretext_views.py): jigsaw's and context prediction's views, batched on one CPU thread vs a
@@ -74,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", required=True, help="comma-separated rows of cpu-methods with finished runs")
     c.add_argument("--force", action="store_true", help="probe rows that already have per-stage scores again")
     c.set_defaults(fn=cpu.cpu_layers)
+    c = sub.add_parser("cpu-fid", help="FID of the generative cpu-methods rows, all in one kept run's features")
+    c.add_argument("--data", default=DATA)
+    c.add_argument("--methods", default="ssgan,bigan", help="generative rows with finished runs")
+    c.add_argument("--features", default="rotnet", help="the row whose network compares real and generated images")
+    c.add_argument("--samples", type=int, default=10_000, help="generated and real images (default 10000)")
+    c.set_defaults(fn=cpu.cpu_fid)
     c = sub.add_parser("cpu-bounds", help="random init and random rescaled small convnet on CIFAR-10 (lower bounds)")
     c.add_argument("--data", default=DATA)
     c.set_defaults(fn=cpu.cpu_bounds)

@@ -83,7 +83,19 @@ def _methods_section() -> list[str]:
             "samples/s is one image with all its views.\n",
             _md(["method", "kNN top-1 %", "linear top-1 %", "samples/s (full run)", "samples/s (quiet)", "commit"],
                 rows),
-            "\n" + r.get("notes", "") + "\n"]
+            "\n" + r.get("notes", "") + "\n", *_fid_lines(runs)]
+
+
+def _fid_lines(runs: dict) -> list[str]:
+    """``run.py cpu-fid``: the generative rows' FID, every one in the same feature network."""
+    fids = {name: m for name, m in runs.items() if "fid" in m and "fid_samples" in m}
+    if not fids:
+        return []
+    features = next(iter(fids.values()))["fid_features"]
+    return [f"FID of {next(iter(fids.values()))['fid_samples']:,} samples against as many test images in the "
+            f"features of {features} (`python benchmarks/run.py cpu-fid`; not Inception, so not comparable to "
+            "published FIDs): " + ", ".join(f"{name} {m['fid']:.1f} ({m['fid_commit']})" for name, m in fids.items())
+            + ".\n"]
 
 
 def _methods_layers_section() -> list[str]:
