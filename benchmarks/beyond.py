@@ -17,13 +17,11 @@ from torch import nn
 
 import selfsup
 from benchmarks.common import environment, save
-from benchmarks.cpu import SCORES
+from benchmarks.cpu import SCORES, finished
 from benchmarks.tables import load
 from selfsup.data import load_data
 from selfsup.data.sources import Dataset
 from selfsup.engine.build import method_from_checkpoint
-from selfsup.engine.checkpoint import load_checkpoint
-from selfsup.errors import UserError
 from selfsup.evaluate import layers, probe
 
 # row -> (data, method, method_args, config keys). Steps and batch: each row about 4 minutes of training on an idle
@@ -102,7 +100,7 @@ def beyond(args: argparse.Namespace) -> None:
         cfg = row_config(name, args.steps)
         key = (cfg.data, cfg.image_size)
         if name in runs and not args.force:
-            if "stages" in runs[name] or not _finished(RUNS / name):
+            if "stages" in runs[name] or not finished(RUNS / name):
                 continue
             data = datasets.setdefault(key, load_data(cfg.data, runs[name]["image_size"]))
             update = stages(RUNS / name, method_from_checkpoint(RUNS / name)[0].encoder(), data)
@@ -127,13 +125,6 @@ def beyond(args: argparse.Namespace) -> None:
               f"/ {m['random_init_linear_top1']:.3f}), {m['samples_per_second']:.0f} samples/s, "
               f"{m['train_seconds']:.0f} s", flush=True)
         save(result, "beyond")
-
-
-def _finished(folder: Path) -> bool:
-    try:
-        return bool(load_checkpoint(folder).get("finished"))
-    except UserError:
-        return False  # the run was not kept
 
 
 def add_parser(sub) -> None:

@@ -235,9 +235,7 @@ def cpu_layers(args: argparse.Namespace) -> None:
     from selfsup.engine.build import build_method, method_from_checkpoint
 
     names = args.methods.split(",")
-    unfinished = [n for n in names if not (RUNS / n).is_dir() or not load_checkpoint(RUNS / n).get("finished")]
-    if unfinished:
-        raise SystemExit(f"no finished run in {RUNS} for {', '.join(unfinished)}: run cpu-methods for it first")
+    _require_finished(names)
     dataset, env = load_data(args.data), environment()
 
     def probe(tag: str, encoder: torch.nn.Module) -> dict[str, float]:
@@ -272,10 +270,7 @@ def cpu_fid(args: argparse.Namespace) -> None:
     from selfsup.use.fid import feature_network, sample_fid
 
     names = args.methods.split(",")
-    unfinished = [n for n in [*names, args.features] if not (RUNS / n).is_dir()
-                  or not load_checkpoint(RUNS / n).get("finished")]
-    if unfinished:
-        raise SystemExit(f"no finished run in {RUNS} for {', '.join(unfinished)}: run cpu-methods for it first")
+    _require_finished([*names, args.features])
     net, size, _ = feature_network(str(RUNS / args.features))
     real, env = load_data(args.data, size).test, environment()
     ref = load("cpu_methods")["runs"][args.features]
@@ -291,3 +286,17 @@ def cpu_fid(args: argparse.Namespace) -> None:
                    fid_commit=env["commit"])
         print(f"{name}: FID {value:.2f} in the features of {args.features}", flush=True)
         save(result, "cpu_methods")
+
+
+def finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished run (one that was not kept holds none)."""
+    try:
+        return bool(load_checkpoint(folder).get("finished"))
+    except UserError:
+        return False
+
+
+def _require_finished(names: list[str]) -> None:
+    unfinished = [n for n in names if not finished(RUNS / n)]
+    if unfinished:
+        raise SystemExit(f"no finished run in {RUNS} for {', '.join(unfinished)}: run cpu-methods for it first")
