@@ -49,9 +49,16 @@ def test_evaluation_names():
         cell_names("knn,dense2")
 
 
-def test_bench_trains_evaluates_keeps_and_resumes(tmp_path):
+def test_bench_trains_evaluates_keeps_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    lines = []
+    lines, finetunes = [], []
+    finetune = selfsup.evaluate.finetune
+
+    def recorded(encoder, train, test, **kw):  # the few-label cell's fine-tunings: subset size and epochs
+        finetunes.append((len(train), kw["epochs"]))
+        return finetune(encoder, train, test, **kw)
+
+    monkeypatch.setattr(selfsup.evaluate, "finetune", recorded)
     # an interrupted run in the bench folder: the bench resumes it rather than starting over
     cfg = row_config("rotnet", BUDGETS["smoke"], "digits", out)
     selfsup.train(cfg, out / "rotnet", show_progress=False, data=DIGITS, stop_at=10)
@@ -67,9 +74,17 @@ def test_bench_trains_evaluates_keeps_and_resumes(tmp_path):
             probe["command"]
         few = read_cell(out, row, "few-label")["result"]
         assert list(few) == ["1%", "10%"] and len(few["10%"]["linear_top1"]) == 3
+        assert all(len(few[f]["finetune_top1"]) == 3 and 0 < min(few[f]["finetune_top1"]) for f in few)
+    # every fine-tuning sees as many images as the budget's epochs over 10%: 1% fine-tunes ten times the epochs
+    epochs = BUDGETS["smoke"].finetune_epochs
+    small, large = min(n for n, _ in finetunes), max(n for n, _ in finetunes)
+    assert len(finetunes) == 4 * 2 * 3 and large > 5 * small
+    assert {e for n, e in finetunes if n < 2 * small} == {10 * epochs} and {e for n, e in finetunes if n > 5 *
+                                                                           small} == {epochs}
     md = (out / "report.md").read_text()
     for row in rows:
         assert f"| {row} |" in md
+    assert "10% labels fine-tune %" in md
     assert report.exists() and (out / "few_label.png").exists() and (out / "time.png").exists()
     assert any("2 left" in line for line in lines)  # the progress view counts down
     # the README's bench section is the report's table, between its markers, with the plots beside it

@@ -18,8 +18,10 @@ from torch import nn
 import selfsup
 from selfsup import evaluate
 from selfsup.bench.rows import Budget
+from selfsup.data.augment import AugmentConfig
 from selfsup.data.sources import Dataset
 from selfsup.errors import UserError
+from selfsup.evaluate.finetune import finetune_augment
 
 #: what ``--evaluations`` may name (``knn`` and ``linear`` share one feature extraction: the ``probe`` cell)
 EVALUATIONS = ("knn", "linear", "layers", "few-label", "finetune", "transfer", "dense")
@@ -50,18 +52,27 @@ def layers(encoder: nn.Module, ctx: Context) -> dict:
 
 
 def few_label(encoder: nn.Module, ctx: Context) -> dict:
-    """kNN and linear probe trained on 1% and 10% of every class's train labels, three draws each."""
-    return evaluate.few_label(encoder, ctx.data.train, ctx.data.test, fractions=FEW_LABEL, draws=3,
-                              image_size=ctx.size, device=ctx.device, progress=ctx.progress)
+    """kNN and linear probe trained on 1% and 10% of every class's train labels, three draws each, and the whole
+    network fine-tuned on every draw (the semi-supervised table of Chen et al., ICML 2020): each fine-tuning sees as
+    many images as the budget's fine-tuning epochs over 10% of the labels (1%: ten times the epochs)."""
+    out: dict = {}
+    for fraction in FEW_LABEL:
+        epochs = max(1, round(ctx.budget.finetune_epochs * max(FEW_LABEL) / fraction))
+        out |= evaluate.few_label(encoder, ctx.data.train, ctx.data.test, fractions=(fraction,), draws=3,
+                                  finetune_args=dict(epochs=epochs, augment=_augment(ctx)), image_size=ctx.size,
+                                  device=ctx.device, progress=ctx.progress)
+    return out
 
 
 def finetune(encoder: nn.Module, ctx: Context) -> dict:
     """The whole network with a new head on the train labels for the budget's epochs: top-1 and its curve."""
-    from selfsup.evaluate.finetune import finetune_augment
+    return evaluate.finetune(encoder, ctx.data.train, ctx.data.test, epochs=ctx.budget.finetune_epochs,
+                             augment=_augment(ctx), image_size=ctx.size, device=ctx.device, progress=ctx.progress)
 
-    aug = finetune_augment(flip_p=ctx.data.augment.get("flip_p", 0.5))
-    return evaluate.finetune(encoder, ctx.data.train, ctx.data.test, epochs=ctx.budget.finetune_epochs, augment=aug,
-                             image_size=ctx.size, device=ctx.device, progress=ctx.progress)
+
+def _augment(ctx: Context) -> AugmentConfig:
+    """The fine-tuning augmentation, without flips where the data set has none (digits)."""
+    return finetune_augment(flip_p=ctx.data.augment.get("flip_p", 0.5))
 
 
 def transfer(encoder: nn.Module, ctx: Context) -> dict:

@@ -27,7 +27,8 @@ def _mean_std(values: list[float]) -> str:
 
 def _columns(cells: list[str], fractions: list[str]) -> list[str]:
     cols = {"probe": ["kNN %", "linear %"], "layers": ["best layer %"],
-            "few-label": [f"{f} labels linear %" for f in fractions], "finetune": ["fine-tune %"],
+            "few-label": [f"{f} labels {how} %" for f in fractions for how in ("linear", "fine-tune")],
+            "finetune": ["fine-tune %"],
             "transfer": ["transfer kNN %", "transfer linear %"], "dense": ["scenes mIoU %", "scenes mAP@0.5 %"]}
     return [c for cell in cells for c in cols[cell]]
 
@@ -46,7 +47,8 @@ def _values(out: Path, row: str, cells: list[str], fractions: list[str]) -> tupl
             best = max(res, key=res.get) if res else None
             values.append(f"{res[best] * 100:.1f} ({best})" if res else "")
         elif cell == "few-label":
-            values += [_mean_std(res[f]["linear_top1"]) if res and f in res else "" for f in fractions]
+            values += [_mean_std(res[f][key]) if res and key in res.get(f, {}) else "" for f in fractions
+                       for key in ("linear_top1", "finetune_top1")]
         elif cell == "finetune":
             values.append(_pct(res and res["top1"]))
         elif cell == "dense":
@@ -70,10 +72,12 @@ def _plots(out: Path, rows: list[str], cells: list[str]) -> list[str]:
                     out / "layers.png", "linear probe per stage")
         written.append("layers.png")
     if recs.get("few-label"):
-        curves = [(r, list(x["result"]), [statistics.fmean(v["linear_top1"]) for v in x["result"].values()])
-                  for r, x in recs["few-label"].items()]
-        plot_layers(curves, out / "few_label.png", "linear probe on few labels (mean of 3 draws)",
-                    xlabel="fraction of the train labels")
+        curves = [(f"{r}{how}", list(x["result"]), [statistics.fmean(v[key]) for v in x["result"].values()])
+                  for r, x in recs["few-label"].items() for key, how in (("linear_top1", ""), ("finetune_top1",
+                                                                                            " fine-tuned"))
+                  if all(key in v for v in x["result"].values())]
+        plot_layers(curves, out / "few_label.png", "few labels: linear probe and fine-tuning (mean of 3 draws)",
+                    xlabel="fraction of the train labels", ylabel="test top-1 %")
         written.append("few_label.png")
     if recs.get("finetune"):
         plot_curves([(r, x["result"]["curve"]) for r, x in recs["finetune"].items()], out / "finetune.png",

@@ -82,7 +82,7 @@ LOWER_BOUNDS = {"random init": "--", "random rescaled": ":"}
 
 
 def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, title: str = "",
-                xlabel: str = "stage (input -> output)") -> None:
+                xlabel: str = "stage (input -> output)", ylabel: str = "linear probe top-1 %") -> None:
     """The per-layer story as the seeds draw it: linear-probe top-1 against depth, one line per run (``label``,
     its stage names, its scores in [0, 1]); runs labelled ``... random init`` (dashed) or ``... random rescaled``
     (dotted) are lower bounds, in the colour of the run before them (grey when the label is just the bound's)."""
@@ -100,7 +100,7 @@ def plot_layers(curves: list[tuple[str, list[str], list[float]]], out: Path, tit
                 color=colour, alpha=0.6 if bound else 1.0, label=label)
     longest = max(curves, key=lambda c: len(c[1]))[1]
     ax.set_xticks(range(1, len(longest) + 1), longest, rotation=30 if len(longest) > 6 else 0)
-    _save(fig, ax, out, xlabel, "linear probe top-1 %", title or "linear probe per stage")
+    _save(fig, ax, out, xlabel, ylabel, title or "linear probe per stage")
 
 
 def plot_curves(curves: list[tuple[str, list[float]]], out: Path, title: str = "",
