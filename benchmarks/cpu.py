@@ -149,7 +149,7 @@ def method_config(name: str, data: str, steps: int, batch_size: int, **options: 
                                   **options, **extra})
 
 
-def _interrupted(folder: Path, cfg: selfsup.TrainConfig) -> bool:
+def interrupted(folder: Path, cfg: selfsup.TrainConfig) -> bool:
     """Whether ``folder`` holds an unfinished run of ``cfg`` (resumed, not started again)."""
     try:
         ckpt = load_checkpoint(folder)
@@ -190,7 +190,7 @@ def cpu_methods(args: argparse.Namespace) -> None:
         return
     for name in names:
         cfg = method_config(name, args.data, args.steps, args.batch_size)
-        resume = RUNS / name if not args.force and _interrupted(RUNS / name, cfg) else None
+        resume = RUNS / name if not args.force and interrupted(RUNS / name, cfg) else None
         if name in runs and not args.force and resume is None:
             continue  # measured, and no re-run of it was interrupted
         method, method_args, extra = CPU_METHODS[name]

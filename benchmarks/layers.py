@@ -9,14 +9,18 @@ one stage below the top, contrastive ones at the top."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import selfsup
 from benchmarks.common import environment, save
+from benchmarks.cpu import finished, interrupted
 from benchmarks.tables import RESULTS, load
 from selfsup import evaluate
+from selfsup.bench.rows import same_run
 from selfsup.data import load_data
 from selfsup.engine.build import method_from_checkpoint
+from selfsup.engine.checkpoint import load_checkpoint
 from selfsup.evaluate.report import plot_layers
 
 #: the pretext family, then the contrastive and supervised references; BoWNet's teacher is the RotNet run above it
@@ -26,7 +30,9 @@ LAYER_METHODS = ("rotnet", "jigsaw", "context", "counting", "aet", "exemplar", "
 
 def layer_table(args: argparse.Namespace) -> None:
     """Train every method of ``--methods`` (one run folder each under ``--out``), probe every stage of the trained
-    encoder and of its random init; each finished method is written at once (``--force`` re-runs it)."""
+    encoder and of its random init; each finished method is written at once (``--force`` re-runs it). An
+    interrupted run resumes from its last checkpoint; a finished run whose probes were interrupted is probed
+    without training again."""
     names = args.methods.split(",")
     unknown = sorted(set(names) - set(LAYER_METHODS))
     if unknown:
@@ -46,12 +52,17 @@ def layer_table(args: argparse.Namespace) -> None:
             raise SystemExit("bownet's teacher is this table's RotNet run: run rotnet first")
         cfg = selfsup.TrainConfig(method=name, data=args.data, backbone=args.backbone, steps=args.steps,
                                   batch_size=args.batch_size, device=args.device, method_args=method_args)
-        run = selfsup.train(cfg, root / name, overwrite=True, evaluate=False, show_progress=False, data=dataset)
+        folder = root / name
+        if name in runs or not (finished(folder) and same_run(load_checkpoint(folder)["config"], cfg)):
+            resume = folder if interrupted(folder, cfg) else None  # hours per method on a CPU: nothing lost
+            selfsup.train(cfg, folder, overwrite=resume is None, resume=resume, evaluate=False, show_progress=False,
+                          data=dataset)
         kw = dict(device=args.device, progress=lambda m, n=name: print(f"{n}: {m}", flush=True))
-        trained = evaluate.layers(run.encoder, dataset.train, dataset.test, **kw)
-        lower = evaluate.layers(method_from_checkpoint(root / name, trained=False)[0].encoder(), dataset.train,
+        trained = evaluate.layers(method_from_checkpoint(folder)[0].encoder(), dataset.train, dataset.test, **kw)
+        lower = evaluate.layers(method_from_checkpoint(folder, trained=False)[0].encoder(), dataset.train,
                                 dataset.test, **kw)
-        runs[name] = dict(stages=trained, random_init=lower, train_seconds=run.metrics["train_seconds"], **env)
+        seconds = json.loads((folder / "metrics.json").read_text())["train_seconds"]
+        runs[name] = dict(stages=trained, random_init=lower, train_seconds=seconds, **env)
         print(f"{name}: " + ", ".join(f"{s} {v * 100:.1f}" for s, v in trained.items()) + " (random init: "
               + ", ".join(f"{v * 100:.1f}" for v in lower.values()) + ")", flush=True)
         save(result, key)
